@@ -1,0 +1,27 @@
+"""Installs tfvamp: VAEs with a VampPrior (Tomczak & Welling, AISTATS 2018) on TensorFlow 2."""
+from setuptools import find_packages, setup
+
+setup(
+    name="tfvamp",
+    version="0.1.0",
+    description="VAEs with a VampPrior on TensorFlow 2 / TFP / Keras 3",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["tfvamp", "tfvamp.*"]),
+    python_requires=">=3.10",
+    # Ranges seen working together on CPython 3.11 (CPU build); TFP imports
+    # tf_keras at load time, so it is a real dependency even with Keras 3.
+    install_requires=[
+        "tensorflow>=2.20,<2.21",
+        "tf-keras>=2.20,<2.21",
+        "tensorflow-probability>=0.25,<0.26",
+        "keras>=3.10,<3.13",
+        "tensorflow-datasets>=4.9.9,<4.10",
+        "numpy>=1.26,<3",
+        "absl-py>=2.1",
+        "scipy>=1.11",
+        "pillow>=10",
+        "tqdm>=4.66",
+    ],
+    extras_require={"test": ["pytest>=8"]},
+)
