@@ -1,0 +1,158 @@
+"""Observation models p(x | z) over images in [0, 1].
+
+Three names, chosen with `--likelihood` or `build_model(..., likelihood=...)`:
+
+* `bernoulli`: binary pixels, parameterised by logits (stable; the release clamps
+  probabilities to [1e-5, 1 - 1e-5] instead).
+* `discretized_logistic`: 256-bin discretised logistic exactly as the release computes it
+  (SPEC section 3): log(sigmoid((bin + 1/256 - mu) / s) - sigmoid((bin - mu) / s) + 1e-7).
+  Its bin masses do not sum to 1 (no edge bins); it is what produced the published numbers.
+* `discretized_logistic_normalized`: the edge-corrected variant: the first bin takes all
+  mass below 1/256 and the last all mass above 255/256, so the 256 masses sum to exactly 1
+  and log p(x) is a true log-probability. Computed stably in log space.
+
+Every distribution here is pixel-wise (batch shape = the image shape); `distribution()`
+wraps it in `tfd.Independent` so that the event shape is the image `[H, W, C]`.
+"""
+import tensorflow as tf
+import tensorflow_probability as tfp
+from tensorflow_probability.python.internal import dtype_util
+from tensorflow_probability.python.internal import tensor_util
+
+tfd = tfp.distributions
+
+NUM_BINS = 256
+LIKELIHOODS = ("bernoulli", "discretized_logistic", "discretized_logistic_normalized")
+# Bounds of the gray-data heads in the release: mean = sigmoid clamped to half a bin from
+# the edges, log-scale = hardtanh(-4.5, 0).
+LOC_MIN, LOC_MAX = 1.0 / 512.0, 1.0 - 1.0 / 512.0
+LOG_SCALE_MIN, LOG_SCALE_MAX = -4.5, 0.0
+
+
+def check_likelihood(name):
+    """Returns `name` if it is a known likelihood, else raises a ValueError naming the choices."""
+    if name not in LIKELIHOODS:
+        raise ValueError(f"Unknown likelihood {name!r}; choose one of {', '.join(LIKELIHOODS)} "
+                         "('bernoulli' for binary images, a discretized logistic for gray ones).")
+    return name
+
+
+def num_params(name):
+    """How many per-pixel parameter maps the decoder must output for this likelihood."""
+    return 1 if check_likelihood(name) == "bernoulli" else 2
+
+
+class DiscretizedLogistic(tfd.Distribution):
+    """Pixel-wise logistic distribution discretised to `num_bins` bins on [0, 1].
+
+    Values are bin centres (k + 0.5) / num_bins, k = 0..num_bins-1 (any x in bin k maps to it).
+
+    Args:
+      loc: float tensor, the logistic mean mu, any shape (this is the batch shape).
+      log_scale: float tensor broadcastable with `loc`, log s.
+      num_bins: number of bins (256 for 8-bit images).
+      normalized: False gives the release's formula (no edge bins, + 1e-7 inside the log);
+        True gives edge bins and exactly normalised masses.
+    """
+
+    def __init__(self, loc, log_scale, num_bins=NUM_BINS, normalized=False,
+                 validate_args=False, allow_nan_stats=True, name="DiscretizedLogistic"):
+        parameters = dict(locals())
+        with tf.name_scope(name) as name:
+            dtype = dtype_util.common_dtype([loc, log_scale], tf.float32)
+            self._loc = tensor_util.convert_nonref_to_tensor(loc, dtype=dtype, name="loc")
+            self._log_scale = tensor_util.convert_nonref_to_tensor(
+                log_scale, dtype=dtype, name="log_scale")
+            self._num_bins = int(num_bins)
+            self._normalized = bool(normalized)
+            super().__init__(dtype=dtype, reparameterization_type=tfd.NOT_REPARAMETERIZED,
+                             validate_args=validate_args, allow_nan_stats=allow_nan_stats,
+                             parameters=parameters, name=name)
+
+    @classmethod
+    def _parameter_properties(cls, dtype, num_classes=None):
+        return dict(loc=tfp.util.ParameterProperties(),
+                    log_scale=tfp.util.ParameterProperties())
+
+    @property
+    def loc(self):
+        return self._loc
+
+    @property
+    def log_scale(self):
+        return self._log_scale
+
+    @property
+    def num_bins(self):
+        return self._num_bins
+
+    @property
+    def normalized(self):
+        return self._normalized
+
+    def _event_shape(self):
+        return tf.TensorShape([])
+
+    def _event_shape_tensor(self):
+        return tf.constant([], dtype=tf.int32)
+
+    def _bin_index(self, x):
+        return tf.clip_by_value(tf.floor(x * self._num_bins), 0.0, self._num_bins - 1.0)
+
+    def _log_prob(self, x):
+        loc, log_scale = tf.convert_to_tensor(self._loc), tf.convert_to_tensor(self._log_scale)
+        inv_scale = tf.exp(-log_scale)
+        lower = self._bin_index(x) / self._num_bins
+        a = (lower + 1.0 / self._num_bins - loc) * inv_scale  # upper edge, standardised
+        b = (lower - loc) * inv_scale  # lower edge
+        if not self._normalized:
+            return tf.math.log(tf.sigmoid(a) - tf.sigmoid(b) + 1e-7)
+        # sigmoid(a) - sigmoid(b) = sigmoid(a) sigmoid(-b) (1 - exp(b - a)), all in log space.
+        interior = (tf.math.log_sigmoid(a) + tf.math.log_sigmoid(-b)
+                    + tf.math.log(-tf.math.expm1(b - a)))
+        first = tf.math.log_sigmoid(a)  # mass of (-inf, 1/num_bins)
+        last = tf.math.log_sigmoid(-b)  # mass of [1 - 1/num_bins, inf)
+        k = self._bin_index(x)
+        return tf.where(k <= 0.0, first, tf.where(k >= self._num_bins - 1.0, last, interior))
+
+    def _sample_n(self, n, seed=None):
+        loc, log_scale = tf.convert_to_tensor(self._loc), tf.convert_to_tensor(self._log_scale)
+        shape = tf.concat([[n], tf.broadcast_dynamic_shape(tf.shape(loc), tf.shape(log_scale))], 0)
+        tiny = 1e-5
+        uniform = tf.random.stateless_uniform(
+            shape, seed=tfp.random.sanitize_seed(seed), minval=tiny, maxval=1.0 - tiny, dtype=self.dtype)
+        x = loc + tf.exp(log_scale) * (tf.math.log(uniform) - tf.math.log1p(-uniform))
+        return (self._bin_index(x) + 0.5) / self._num_bins
+
+    def _mean(self):
+        # The mean of the underlying continuous logistic; what the release displays.
+        return tf.broadcast_to(self._loc, tf.broadcast_dynamic_shape(
+            tf.shape(self._loc), tf.shape(self._log_scale)))
+
+
+def distribution(name, params, event_ndims=3):
+    """The observation model for decoder outputs `params` as a distribution over images.
+
+    Args:
+      name: one of `LIKELIHOODS`.
+      params: list of `num_params(name)` tensors of shape `[..., H, W, C]`: the logits for
+        'bernoulli'; (loc in [1/512, 1 - 1/512], log_scale in [-4.5, 0]) for the logistic ones.
+      event_ndims: how many trailing dimensions form one observation (3 for images).
+
+    Returns:
+      A `tfd.Independent` with event shape `[H, W, C]` and batch shape `[...]`.
+    """
+    check_likelihood(name)
+    if len(params) != num_params(name):
+        raise ValueError(f"Likelihood {name!r} takes {num_params(name)} parameter maps, got {len(params)}.")
+    if name == "bernoulli":
+        base = tfd.Bernoulli(logits=params[0], dtype=params[0].dtype)
+    else:
+        base = DiscretizedLogistic(params[0], params[1],
+                                   normalized=(name == "discretized_logistic_normalized"))
+    return tfd.Independent(base, reinterpreted_batch_ndims=event_ndims)
+
+
+def mean_image(name, params):
+    """The image shown for decoder outputs `params`: Bernoulli probabilities or the logistic mean."""
+    return tf.sigmoid(params[0]) if check_likelihood(name) == "bernoulli" else params[0]

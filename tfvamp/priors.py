@@ -1,0 +1,220 @@
+"""Priors over the (top) latent variable: the paper's five.
+
+| name                 | distribution                                                   |
+|----------------------|----------------------------------------------------------------|
+| `standard`           | N(0, I)                                                         |
+| `mog`                | (1/K) sum_k N(mu_k, diag(exp(logvar_k))), mu and logvar learned |
+| `vampprior`          | (1/K) sum_k q(z | u_k), pseudo-inputs u_k learned               |
+| `vampprior_data`     | as vampprior with u_k = K random training images, fixed         |
+| `weighted_vampprior` | sum_k w_k q(z | u_k), w = softmax(learned logits)               |
+
+Each prior is a Keras layer that owns its parameters; `prior.distribution(encoder)` returns a
+TFP distribution with batch shape `[]` and event shape `[latent_size]`. The VampPrior needs
+the model's encoder (shared with q(z|x)), passed in as a callable images -> (mean, logvar):
+the prior does not own it, so the encoder's weights live in exactly one place.
+
+Mixture priors are `tfd.MixtureSameFamily(Categorical, Independent(Normal, 1))`: each
+component is a diagonal Gaussian over the whole latent vector (a bare Normal with batch shape
+[K, D] would mix every dimension separately, a known mistake). `log_prob` is a logsumexp
+over components with every normalising constant kept.
+"""
+import keras
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+tfd = tfp.distributions
+
+PRIORS = ("standard", "mog", "vampprior", "vampprior_data", "weighted_vampprior")
+
+
+def check_prior(name):
+    if name not in PRIORS:
+        raise ValueError(f"Unknown prior {name!r}; choose one of {', '.join(PRIORS)}.")
+    return name
+
+
+def diagonal_gaussian(mean, logvar):
+    """`Independent(Normal(mean, exp(logvar / 2)), 1)`: event shape `[D]` from `[..., D]` params."""
+    return tfd.Independent(tfd.Normal(mean, tf.exp(0.5 * logvar)), reinterpreted_batch_ndims=1)
+
+
+def gaussian_mixture(means, logvars, mixture_logits=None):
+    """A mixture of K diagonal Gaussians over R^D.
+
+    Args:
+      means, logvars: `[K, D]` component means and log-variances.
+      mixture_logits: `[K]` unnormalised log-weights; None means uniform weights 1/K.
+
+    Returns:
+      `tfd.MixtureSameFamily`, batch shape `[]`, event shape `[D]`.
+    """
+    if mixture_logits is None:
+        mixture_logits = tf.zeros(tf.shape(means)[:1], dtype=means.dtype)
+    return tfd.MixtureSameFamily(
+        mixture_distribution=tfd.Categorical(logits=mixture_logits),
+        components_distribution=diagonal_gaussian(means, logvars))
+
+
+class Prior(keras.layers.Layer):
+    """Base class: a prior over a `latent_size`-dimensional latent."""
+
+    def __init__(self, latent_size, **kwargs):
+        super().__init__(**kwargs)
+        if int(latent_size) < 1:
+            raise ValueError(f"latent_size must be >= 1, got {latent_size}.")
+        self.latent_size = int(latent_size)
+
+    def distribution(self, encoder=None):
+        """The prior as a TFP distribution, batch shape `[]`, event shape `[latent_size]`."""
+        raise NotImplementedError
+
+    def get_config(self):
+        return {**super().get_config(), "latent_size": self.latent_size}
+
+
+@keras.saving.register_keras_serializable(package="tfvamp")
+class StandardPrior(Prior):
+    """N(0, I)."""
+
+    def distribution(self, encoder=None):
+        zeros = tf.zeros([self.latent_size])
+        return diagonal_gaussian(zeros, zeros)
+
+
+@keras.saving.register_keras_serializable(package="tfvamp")
+class MoGPrior(Prior):
+    """A uniform mixture of `num_components` learnable diagonal Gaussians."""
+
+    def __init__(self, latent_size, num_components, seed=None, **kwargs):
+        super().__init__(latent_size, **kwargs)
+        if int(num_components) < 1:
+            raise ValueError(f"num_components must be >= 1, got {num_components}.")
+        self.num_components = int(num_components)
+        self.seed = seed
+        self.means = self.add_weight(
+            name="means", shape=(self.num_components, self.latent_size),
+            initializer=keras.initializers.RandomNormal(stddev=1.0, seed=seed))
+        self.logvars = self.add_weight(
+            name="logvars", shape=(self.num_components, self.latent_size), initializer="zeros")
+
+    def distribution(self, encoder=None):
+        return gaussian_mixture(tf.convert_to_tensor(self.means), tf.convert_to_tensor(self.logvars))
+
+    def get_config(self):
+        return {**super().get_config(), "num_components": self.num_components, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="tfvamp")
+class VampPrior(Prior):
+    """Variational mixture of posteriors: p(z) = sum_k w_k q(z | u_k).
+
+    The pseudo-inputs u_k are a `[K, H, W, C]` variable shown to the encoder through
+    hardtanh(0, 1), i.e. clipped to [0, 1] as in the release (entries outside [0, 1] get no
+    gradient, so initialise inside it).
+
+    Args:
+      latent_size: D, the size of the latent the encoder outputs.
+      num_components: K, the number of pseudo-inputs.
+      image_shape: `(H, W, C)` of the pseudo-inputs (the data's shape).
+      pseudo_inputs_mean, pseudo_inputs_std: N(mean, std) initialisation (SPEC section 2).
+      pseudo_inputs_data: optional `[K, H, W, C]` images in [0, 1] used as the initial value
+        (or, with `trainable_pseudo_inputs=False`, as the fixed pseudo-inputs: `vampprior_data`).
+      trainable_pseudo_inputs: False freezes u (the `vampprior_data` prior).
+      learn_weights: True learns mixture logits (`weighted_vampprior`); else w_k = 1/K.
+    """
+
+    def __init__(self, latent_size, num_components, image_shape, pseudo_inputs_mean=0.05,
+                 pseudo_inputs_std=0.01, pseudo_inputs_data=None, trainable_pseudo_inputs=True,
+                 learn_weights=False, seed=None, **kwargs):
+        super().__init__(latent_size, **kwargs)
+        if int(num_components) < 1:
+            raise ValueError(f"num_components must be >= 1, got {num_components}.")
+        if float(pseudo_inputs_std) < 0:
+            raise ValueError(f"pseudo_inputs_std must be >= 0, got {pseudo_inputs_std}.")
+        self.num_components = int(num_components)
+        self.image_shape = tuple(int(d) for d in image_shape)
+        self.pseudo_inputs_mean = float(pseudo_inputs_mean)
+        self.pseudo_inputs_std = float(pseudo_inputs_std)
+        self.trainable_pseudo_inputs = bool(trainable_pseudo_inputs)
+        self.learn_weights = bool(learn_weights)
+        self.seed = seed
+        shape = (self.num_components,) + self.image_shape
+        if pseudo_inputs_data is not None:
+            data = np.asarray(pseudo_inputs_data, dtype=np.float32)
+            if data.shape != shape:
+                raise ValueError(f"pseudo_inputs_data must have shape {shape} (K images of the data's "
+                                 f"shape), got {data.shape}.")
+            if data.min() < 0.0 or data.max() > 1.0:
+                raise ValueError("pseudo_inputs_data must lie in [0, 1] (images as the model sees them); "
+                                 f"got values in [{data.min()}, {data.max()}].")
+            initializer = keras.initializers.Constant(data)
+        else:
+            if not self.trainable_pseudo_inputs:
+                raise ValueError("Fixed pseudo-inputs (the 'vampprior_data' prior) need pseudo_inputs_data: "
+                                 "K training images of shape (K, H, W, C).")
+            initializer = keras.initializers.RandomNormal(
+                self.pseudo_inputs_mean, self.pseudo_inputs_std, seed=seed)
+        self.pseudo_inputs_variable = self.add_weight(
+            name="pseudo_inputs", shape=shape, initializer=initializer,
+            trainable=self.trainable_pseudo_inputs)
+        self.mixture_logits = (self.add_weight(name="mixture_logits", shape=(self.num_components,),
+                                               initializer="zeros") if self.learn_weights else None)
+
+    def pseudo_inputs(self):
+        """The pseudo-inputs as the encoder sees them: `[K, H, W, C]` in [0, 1]."""
+        return tf.clip_by_value(self.pseudo_inputs_variable, 0.0, 1.0)
+
+    def mixture_weights(self):
+        """`[K]` mixture weights, summing to 1."""
+        if self.mixture_logits is None:
+            return tf.fill([self.num_components], 1.0 / self.num_components)
+        return tf.nn.softmax(self.mixture_logits)
+
+    def distribution(self, encoder=None):
+        if encoder is None:
+            raise ValueError("The VampPrior needs the model's encoder: distribution(encoder), "
+                             "encoder(images) -> (mean, logvar).")
+        means, logvars = encoder(self.pseudo_inputs())
+        logits = None if self.mixture_logits is None else tf.convert_to_tensor(self.mixture_logits)
+        return gaussian_mixture(means, logvars, logits)
+
+    def get_config(self):
+        return {**super().get_config(), "num_components": self.num_components,
+                "image_shape": self.image_shape, "pseudo_inputs_mean": self.pseudo_inputs_mean,
+                "pseudo_inputs_std": self.pseudo_inputs_std,
+                "trainable_pseudo_inputs": self.trainable_pseudo_inputs,
+                "learn_weights": self.learn_weights, "seed": self.seed}
+
+
+def make_prior(name, latent_size, image_shape, num_components=500, pseudo_inputs_mean=0.05,
+               pseudo_inputs_std=0.01, pseudo_inputs_data=None, seed=None):
+    """Builds the prior layer called `name` (one of `PRIORS`).
+
+    `pseudo_inputs_data`: for `vampprior_data`, at least K images `[N, H, W, C]` in [0, 1];
+    K of them are drawn at random (seeded by `seed`). For `vampprior` and
+    `weighted_vampprior` the same draw, when given, initialises the pseudo-inputs.
+    """
+    check_prior(name)
+    if name == "standard":
+        return StandardPrior(latent_size, name="prior")
+    if int(num_components) < 1:
+        raise ValueError(f"num_components (K) must be >= 1, got {num_components}.")
+    if name == "mog":
+        return MoGPrior(latent_size, num_components, seed=seed, name="prior")
+    if pseudo_inputs_data is not None:
+        data = np.asarray(pseudo_inputs_data, dtype=np.float32)
+        if data.ndim != 4 or tuple(data.shape[1:]) != tuple(image_shape):
+            raise ValueError(f"pseudo_inputs_data must be images of shape (N, {', '.join(map(str, image_shape))}), "
+                             f"got {data.shape}.")
+        if data.shape[0] < num_components:
+            raise ValueError(f"pseudo_inputs_data has {data.shape[0]} images but num_components is "
+                             f"{num_components}: give at least K images.")
+        # A random subset, never "the first K" (those can all share one class).
+        index = np.random.default_rng(seed).choice(data.shape[0], num_components, replace=False)
+        pseudo_inputs_data = data[np.sort(index)]
+    return VampPrior(latent_size, num_components, image_shape,
+                     pseudo_inputs_mean=pseudo_inputs_mean, pseudo_inputs_std=pseudo_inputs_std,
+                     pseudo_inputs_data=pseudo_inputs_data,
+                     trainable_pseudo_inputs=(name != "vampprior_data"),
+                     learn_weights=(name == "weighted_vampprior"), seed=seed, name="prior")
