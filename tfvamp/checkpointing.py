@@ -1,0 +1,98 @@
+"""The layout of a run directory, and rebuilding a model from one.
+
+    <model_dir>/config.json      the run's settings (model, prior, likelihood, sizes, dataset...)
+    <model_dir>/checkpoints/     every epoch: model, optimizer, epoch, beta, best loss, patience, RNG
+    <model_dir>/best/            the weights with the best validation loss so far
+    <model_dir>/results.json     test-set evaluation of the best weights
+    <model_dir>/tensorboard/     TensorBoard event files
+
+Every checkpoint stores the model under the key `model`, so `load_model` can read the
+best weights or any training checkpoint.
+"""
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from tfvamp import models
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = "checkpoints"
+BEST_DIR = "best"
+RESULTS_FILE = "results.json"
+TENSORBOARD_DIR = "tensorboard"
+
+# The config keys build_model reads; everything else in config.json is for the record.
+MODEL_KEYS = ("model", "prior", "likelihood", "input_shape", "num_components", "z1_size", "z2_size",
+              "pseudo_inputs_mean", "pseudo_inputs_std", "seed")
+
+
+def save_config(model_dir, config):
+    """Writes `config` (a JSON-able dict with at least MODEL_KEYS) to `<model_dir>/config.json`."""
+    missing = [k for k in MODEL_KEYS if k not in config]
+    if missing:
+        raise ValueError(f"Run config lacks {missing}; it needs {list(MODEL_KEYS)}.")
+    os.makedirs(model_dir, exist_ok=True)
+    path = os.path.join(model_dir, CONFIG_FILE)
+    with open(path + ".tmp", "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True, default=_jsonable)
+    os.replace(path + ".tmp", path)  # never a half-written config
+    return path
+
+
+def _jsonable(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, (tuple, np.ndarray)):
+        return list(value)
+    return str(value)
+
+
+def load_config(model_dir):
+    path = os.path.join(model_dir, CONFIG_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No {CONFIG_FILE} in {model_dir!r}: is it a tfvamp run directory "
+                                "(written by scripts/train.py)?")
+    with open(path) as f:
+        return json.load(f)
+
+
+def model_from_config(config, pseudo_inputs_data=None):
+    """Builds the (untrained) model a run config describes.
+
+    `vampprior_data` needs images to build; when none are given, zeros of the right shape
+    stand in, since the fixed pseudo-inputs are restored from the checkpoint anyway.
+    """
+    shape = tuple(config["input_shape"])
+    if config["prior"] == "vampprior_data" and pseudo_inputs_data is None:
+        pseudo_inputs_data = np.zeros((config["num_components"],) + shape, np.float32)
+    return models.build_model(
+        config["model"], config["prior"], shape, config["likelihood"],
+        num_components=config["num_components"], z1_size=config["z1_size"], z2_size=config["z2_size"],
+        pseudo_inputs_mean=config["pseudo_inputs_mean"], pseudo_inputs_std=config["pseudo_inputs_std"],
+        pseudo_inputs_data=pseudo_inputs_data, seed=config.get("seed"))
+
+
+def checkpoint_path(model_dir, which="best"):
+    """The newest checkpoint file prefix of `which` ('best' or 'latest'), or None."""
+    sub = BEST_DIR if which == "best" else CHECKPOINT_DIR
+    if which not in ("best", "latest"):
+        raise ValueError(f"which must be 'best' or 'latest', got {which!r}.")
+    return tf.train.latest_checkpoint(os.path.join(model_dir, sub))
+
+
+def load_model(model_dir, which="best"):
+    """Rebuilds a run's model and restores its weights.
+
+    Returns:
+      (model, config). Raises FileNotFoundError when the run has no such checkpoint.
+    """
+    config = load_config(model_dir)
+    path = checkpoint_path(model_dir, which)
+    if path is None:
+        raise FileNotFoundError(f"No {which!r} checkpoint in {model_dir!r} (looked in "
+                                f"{os.path.join(model_dir, BEST_DIR if which == 'best' else CHECKPOINT_DIR)}).")
+    model = model_from_config(config)
+    tf.train.Checkpoint(model=model).restore(path).expect_partial().assert_existing_objects_matched()
+    return model, config
