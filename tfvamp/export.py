@@ -1,0 +1,200 @@
+"""SavedModel export: a trained model served by TensorFlow alone.
+
+`export_saved_model(model, export_dir, config)` writes a SavedModel whose graph functions are
+self-contained: loading it needs `tensorflow` only (not tfvamp, not TFP, not Keras' classes):
+
+    served = tf.saved_model.load(export_dir)
+    images = served.sample(num_samples=16, seed=3)          # [16, H, W, C] float32 in [0, 1]
+    ll = served.log_likelihood(images, num_samples=5000)    # [16] float64, nats
+    codes = served.encode(images)                           # {'z_mean', 'z_logvar'} or z1/z2
+    recon = served.reconstruct(images)                      # [16, H, W, C]
+    u = served.pseudo_inputs()                              # [K, H, W, C] (VampPrior priors only)
+    info = served.metadata()                                # model, prior, likelihood, image_shape, config
+
+The same functions are exported as named serving signatures (`served.signatures[name]`, for
+TF Serving and `saved_model_cli`), taking keyword arguments and returning dicts:
+
+| signature        | inputs                                   | outputs                                   |
+|------------------|------------------------------------------|-------------------------------------------|
+| `sample`         | `num_samples` int32 [], `seed` int32 []  | `images` float32 [N, H, W, C]             |
+| `reconstruct`    | `images` float32 [B, H, W, C]            | `images` float32 [B, H, W, C]             |
+| `encode`         | `images`                                 | `{layer}_mean`, `{layer}_logvar` [B, D]   |
+| `log_likelihood` | `images`, `num_samples` int32 []         | `log_likelihood` float64 [B]              |
+| `pseudo_inputs`  | (none; VampPrior priors only)            | `pseudo_inputs` float32 [K, H, W, C]      |
+| `metadata`       | (none)                                   | strings and `image_shape` int32 [3]       |
+
+Semantics match the library exactly: `sample(n, seed)` returns the same images as
+`model.sample(n, seed)` (stateless ops: the same seed always gives the same images; PixelHVAE
+samples pixel by pixel in a `tf.while_loop` inside the graph); `reconstruct` decodes posterior
+means like `model.reconstruct`; `log_likelihood` is `model.log_likelihood` (importance
+sampling, prior computed once per call, chunked, float64 logsumexp) with the library's default
+chunk size.
+
+Inputs are validated inside the graph: images must be rank 4 with the model's `[H, W, C]` and
+values in [0, 1] (NaN fails too); `num_samples` must be >= 1. A violation raises
+`tf.errors.InvalidArgumentError` whose message says what was expected and what was given.
+The dtype is fixed by the signatures (float32 images, int32 counts): NumPy arrays and Python
+lists are converted, a tensor of another dtype is refused by TensorFlow with a `TypeError`
+("Can not cast TensorSpec(... dtype=tf.float64 ...) to TensorSpec(... dtype=tf.float32 ...)").
+"""
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+CONFIG_FILE = "tfvamp_config.json"  # written to <export_dir>/assets.extra/
+VAMPPRIOR_PRIORS = ("vampprior", "vampprior_data", "weighted_vampprior")
+
+
+def _check_images(images, image_shape):
+    """In-graph validation of an image batch; returns it with static shape `[None, H, W, C]`."""
+    expected = ", ".join(str(d) for d in image_shape)
+    # Branch-free, so that no comparison of mismatched shapes can fail before the assert:
+    # pad the shape vector with -1 to length 5 and compare its entries 1..3 with [H, W, C].
+    shape = tf.shape(images)
+    padded = tf.concat([shape, tf.fill([5], -1)], 0)
+    shape_ok = tf.logical_and(tf.equal(tf.size(shape), 4),
+                              tf.reduce_all(tf.equal(padded[1:4], tf.constant(image_shape, tf.int32))))
+    check_shape = tf.debugging.Assert(
+        shape_ok, [f"images must be a float32 batch of shape [batch, {expected}] with values in [0, 1]; "
+                   "got shape", tf.shape(images)], name="check_image_shape")
+    with tf.control_dependencies([check_shape]):
+        images = tf.identity(images)
+    in_range = tf.reduce_all(tf.logical_and(images >= 0.0, images <= 1.0))  # False on NaN
+    check_range = tf.debugging.Assert(
+        in_range, ["images must have values in [0, 1] (pixel intensities; divide 8-bit images by 255); "
+                   "got min", tf.reduce_min(images), "max", tf.reduce_max(images)],
+        name="check_image_range")
+    with tf.control_dependencies([check_range]):
+        images = tf.identity(images)
+    return tf.ensure_shape(images, [None] + list(image_shape))
+
+
+def _check_count(value, name):
+    check = tf.debugging.Assert(value >= 1, [f"{name} must be >= 1; got", value], name=f"check_{name}")
+    with tf.control_dependencies([check]):
+        return tf.identity(value)
+
+
+class ServedModel(tf.Module):
+    """The exported object: variables plus graph functions closing over the model.
+
+    The Keras model is held outside the tracked attributes (in a closure), so that the
+    SavedModel contains only its variables and the traced graphs, never tfvamp's classes.
+    """
+
+    def __init__(self, model, config=None):
+        super().__init__(name="tfvamp")
+        image_shape = tuple(int(d) for d in model.image_shape)
+        vampprior = model.prior_name in VAMPPRIOR_PRIORS
+        # The library's default chunking, as rows (sample x image pairs) per chunk.
+        rows_per_chunk = int(model.default_chunk_size(1, 2 ** 31 - 1))
+        image_spec = tf.TensorSpec(None, tf.float32, name="images")
+        count_spec = tf.TensorSpec([], tf.int32, name="num_samples")
+        seed_spec = tf.TensorSpec([], tf.int32, name="seed")
+
+        # Every variable the functions read is tracked here, and only here.
+        self.model_variables = list(model.variables)
+
+        @tf.function(input_signature=[count_spec, seed_spec], autograph=False)
+        def sample(num_samples, seed):
+            """`num_samples` images from the model; the same seed gives the same images."""
+            num_samples = _check_count(num_samples, "num_samples")
+            return model._sample_graph(num_samples, tf.stack([seed, 0]))
+
+        @tf.function(input_signature=[image_spec], autograph=False)
+        def reconstruct(images):
+            """Decoded posterior means (as `model.reconstruct`)."""
+            return model._reconstruct_graph(_check_images(images, image_shape), tf.constant([0, 1], tf.int32))
+
+        @tf.function(input_signature=[image_spec], autograph=False)
+        def encode(images):
+            """Posterior means and log-variances of every latent layer."""
+            return model.encode(_check_images(images, image_shape))
+
+        @tf.function(input_signature=[image_spec, count_spec], autograph=False)
+        def log_likelihood(images, num_samples):
+            """Importance-sampled log p(x) in nats, float64 `[B]`."""
+            images = _check_images(images, image_shape)
+            num_samples = _check_count(num_samples, "num_samples")
+            batch = tf.maximum(tf.shape(images)[0], 1)
+            chunk = tf.clip_by_value(rows_per_chunk // batch, 1, num_samples)
+            return model._log_likelihood_graph(images, num_samples, chunk)
+
+        config_json = json.dumps(config or model.get_config(), sort_keys=True, default=_jsonable)
+        names = {"model": model.model_name, "prior": model.prior_name,
+                 "likelihood": model.likelihood_name, "config": config_json}
+        latent_sizes = dict(model.latent_sizes)
+
+        @tf.function(input_signature=[], autograph=False)
+        def metadata():
+            """What the exported model is: strings, `image_shape` and latent sizes."""
+            out = {k: tf.constant(v) for k, v in names.items()}
+            out["image_shape"] = tf.constant(image_shape, tf.int32)
+            out.update({f"{k}_size": tf.constant(v, tf.int32) for k, v in latent_sizes.items()})
+            return out
+
+        self.sample, self.reconstruct, self.encode = sample, reconstruct, encode
+        self.log_likelihood, self.metadata = log_likelihood, metadata
+        if vampprior:
+            @tf.function(input_signature=[], autograph=False)
+            def pseudo_inputs():
+                """The pseudo-inputs as the encoder sees them, `[K, H, W, C]` in [0, 1]."""
+                return model.prior_layer.pseudo_inputs()
+
+            self.pseudo_inputs = pseudo_inputs
+
+    def serving_signatures(self):
+        """Named signatures: each a concrete function with named inputs and a dict of outputs."""
+        signatures = {
+            "sample": _named(self.sample, "images"),
+            "reconstruct": _named(self.reconstruct, "images"),
+            "encode": self.encode.get_concrete_function(),  # already a dict of named tensors
+            "log_likelihood": _named(self.log_likelihood, "log_likelihood"),
+            "metadata": self.metadata.get_concrete_function(),
+        }
+        if hasattr(self, "pseudo_inputs"):
+            signatures["pseudo_inputs"] = _named(self.pseudo_inputs, "pseudo_inputs")
+        signatures["serving_default"] = signatures["sample"]
+        return signatures
+
+
+def _named(function, output_name):
+    """A concrete function returning `{output_name: function(*args)}`, with `function`'s inputs."""
+    specs = list(function.input_signature)
+
+    def wrapper(*args):
+        return {output_name: function(*args)}
+    return tf.function(wrapper, input_signature=specs, autograph=False).get_concrete_function()
+
+
+def _jsonable(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, (tuple, np.ndarray)):
+        return list(value)
+    return str(value)
+
+
+def export_saved_model(model, export_dir, config=None):
+    """Writes `model` as a SavedModel that TensorFlow serves without tfvamp.
+
+    Args:
+      model: a tfvamp `LatentVariableModel` (any model, prior and likelihood).
+      export_dir: the SavedModel directory to write (created; an existing export is replaced).
+      config: optional run config (a JSON-able dict, e.g. the run's config.json) recorded in
+        the export's `metadata()['config']` and in `<export_dir>/assets.extra/tfvamp_config.json`;
+        default: `model.get_config()`.
+
+    Returns:
+      `export_dir`.
+    """
+    export_dir = os.fspath(export_dir)
+    served = ServedModel(model, config)
+    tf.saved_model.save(served, export_dir, signatures=served.serving_signatures())
+    extra = os.path.join(export_dir, "assets.extra")
+    os.makedirs(extra, exist_ok=True)
+    with open(os.path.join(extra, CONFIG_FILE), "w") as f:
+        json.dump(config or model.get_config(), f, indent=2, sort_keys=True, default=_jsonable)
+    return export_dir
