@@ -42,3 +42,44 @@ def tensorboard_image(name, images, step, num_columns=None):
     """Logs images `[N, H, W, C]` in [0, 1] as one grid to the default summary writer."""
     grid = image_grid(images, num_columns)
     return tf.summary.image(name, grid[None].astype(np.float32) / 255.0, step=step)
+
+
+def histogram_image(values, bins=50, width=480, height=320, title=None):
+    """A histogram of `values` drawn as an RGB uint8 picture `[height, width, 3]`.
+
+    Grey bars on white, the mean as a red line; the x-axis ends, the mean and the tallest
+    bar's count are written as text (Pillow's built-in font). For per-example
+    log-likelihoods, where matplotlib is not a dependency.
+    """
+    from PIL import Image, ImageDraw
+
+    values = np.asarray(values, np.float64).ravel()
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        raise ValueError("histogram_image got no finite values.")
+    lo, hi = float(finite.min()), float(finite.max())
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    counts, edges = np.histogram(finite, bins=int(bins), range=(lo, hi))
+    left, right, top, bottom = 10, width - 10, 34, height - 24
+    picture = Image.new("RGB", (int(width), int(height)), (255, 255, 255))
+    draw = ImageDraw.Draw(picture)
+    span = right - left
+    tallest = max(int(counts.max()), 1)
+    for i, c in enumerate(counts):
+        x0 = left + span * i / len(counts)
+        x1 = left + span * (i + 1) / len(counts) - 1
+        y0 = bottom - (bottom - top) * c / tallest
+        if c > 0:
+            draw.rectangle([x0, y0, max(x0, x1), bottom], fill=(110, 110, 110))
+    draw.line([left, bottom, right, bottom], fill=(0, 0, 0))
+    mean = float(finite.mean())
+    mx = left + span * (mean - lo) / (hi - lo)
+    draw.line([mx, top, mx, bottom], fill=(220, 30, 30), width=2)
+    draw.text((left, bottom + 6), f"{lo:.2f}", fill=(0, 0, 0))
+    label = f"{hi:.2f}"
+    draw.text((right - 6 * len(label), bottom + 6), label, fill=(0, 0, 0))
+    draw.text((max(left, min(mx - 40, right - 100)), top - 12), f"mean {mean:.2f}", fill=(220, 30, 30))
+    heading = (title + "  " if title else "") + f"n={finite.size}, max count {tallest}"
+    draw.text((left, 4), heading, fill=(0, 0, 0))
+    return np.asarray(picture, dtype=np.uint8)

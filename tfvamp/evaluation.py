@@ -1,0 +1,353 @@
+"""Test-set evaluation (SPEC section 7): log-likelihood, ELBO, bits/dim, active units, pictures.
+
+    summary, per_example = evaluate(model, splits.test, num_samples=5000)
+    summary['log_likelihood']   # mean importance-sampled log p(x), nats
+    summary['active_units']     # {'z1': 31, 'z2': 12}
+
+* `evaluate` makes one pass over a dataset of image batches: per batch the importance-sampled
+  log-likelihood (`model.log_likelihood`: S samples vectorised in chunks, prior computed once
+  per batch, float64 logsumexp), the single-sample ELBO at beta = 1, and the posterior means
+  that `active_units` needs.
+* `active_units` counts, per latent layer, the units u with Cov_x(E_q[u|x]) > 0.01
+  (Burda et al. 2016), from the posterior means of `model.encode`; the variance over the
+  data set is the unbiased sample variance (ddof = 1).
+* `samples_from_pseudo_inputs` draws z ~ q(z | u_k) for chosen pseudo-inputs u_k and decodes
+  them (the paper's figure 4).
+* `write_pictures` writes PNG files and TensorBoard images: samples, reconstructions next to
+  their originals, the learned pseudo-inputs, samples from chosen pseudo-inputs, and a
+  histogram of the per-example log-likelihoods.
+* `save_results` merges a summary into `<model_dir>/results.json` under the split's name.
+"""
+import json
+import math
+import os
+import time
+import weakref
+
+import numpy as np
+import tensorflow as tf
+
+from tfvamp import pictures
+
+VAMPPRIOR_PRIORS = ("vampprior", "vampprior_data", "weighted_vampprior")
+ACTIVE_UNIT_THRESHOLD = 0.01
+
+_ELBO_FUNCTIONS = weakref.WeakKeyDictionary()
+
+
+def _batches(data, batch_size=100):
+    """Image batches `[B, H, W, C]` from a dataset (of images, (images, labels) or {'image': ...})
+    or from an array of images."""
+    if isinstance(data, (np.ndarray, tf.Tensor)):
+        data = tf.data.Dataset.from_tensor_slices(np.asarray(data, np.float32)).batch(batch_size)
+    for batch in data:
+        if isinstance(batch, dict):
+            batch = batch["image"]
+        elif isinstance(batch, (tuple, list)):
+            batch = batch[0]
+        yield tf.cast(batch, tf.float32)
+
+
+def _num_batches(data):
+    if isinstance(data, tf.data.Dataset):
+        n = int(data.cardinality())
+        return n if n >= 0 else None
+    return None
+
+
+def _elbo_terms(model):
+    """A compiled `images -> loss_terms(images, beta=1)` for `model` (cached per model)."""
+    fn = _ELBO_FUNCTIONS.get(model)
+    if fn is None:
+        fn = tf.function(lambda x: model.loss_terms(x, beta=1.0, training=False), reduce_retracing=True)
+        _ELBO_FUNCTIONS[model] = fn
+    return fn
+
+
+def uses_bits_per_dim(model):
+    """True for grey data (a discretized logistic likelihood), reported in bits per dimension."""
+    return model.likelihood_name.startswith("discretized_logistic")
+
+
+def bits_per_dim(log_likelihood, num_dims):
+    """Bits per dimension of a log-likelihood in nats: -LL / (D ln 2) (lower is better)."""
+    return -np.asarray(log_likelihood, np.float64) / (num_dims * math.log(2.0))
+
+
+def count_active_units(posterior_means, threshold=ACTIVE_UNIT_THRESHOLD):
+    """Per layer, how many columns of the `[N, D]` posterior means vary more than `threshold`
+    over the N examples (unbiased sample variance)."""
+    return {layer: int(np.sum(unit_variances(means) > threshold)) for layer, means in posterior_means.items()}
+
+
+def unit_variances(means):
+    """Cov_x(E_q[u|x]) of every unit: the sample variance (ddof = 1) of `[N, D]` means, `[D]`."""
+    means = np.asarray(means, np.float64)
+    if means.shape[0] < 2:
+        raise ValueError(f"Active units need the posterior means of at least 2 examples, got {means.shape[0]}.")
+    return np.var(means, axis=0, ddof=1)
+
+
+def posterior_means(model, dataset):
+    """`{layer: [N, D]}` posterior means E_q[z|x] of every latent layer over a dataset."""
+    means = {layer: [] for layer in model.latent_sizes}
+    for x in _batches(dataset):
+        codes = model.encode(x)
+        for layer in means:
+            means[layer].append(codes[f"{layer}_mean"].numpy())
+    return {layer: np.concatenate(m, 0) for layer, m in means.items()}
+
+
+def active_units(model, dataset, threshold=ACTIVE_UNIT_THRESHOLD):
+    """Burda et al. (2016): per latent layer, the units u with Cov_x(E_q[u|x]) > `threshold`.
+
+    Args:
+      model: a tfvamp model (`model.encode` gives `{layer}_mean` per layer).
+      dataset: image batches (a `tf.data.Dataset`, or an array of images).
+      threshold: 0.01 in the paper.
+
+    Returns:
+      `{layer: int}`, e.g. `{'z': 23}` or `{'z1': 31, 'z2': 12}`.
+    """
+    return count_active_units(posterior_means(model, dataset), threshold)
+
+
+def evaluate(model, dataset, *, num_samples=5000, chunk_size=None, progress=True):
+    """Importance-sampled log-likelihood, ELBO, bits/dim and active units over a dataset.
+
+    Args:
+      model: a tfvamp model.
+      dataset: batches of images `[B, H, W, C]` in [0, 1] (a `tf.data.Dataset`, or an array).
+      num_samples: S importance samples per example (5000 in the paper).
+      chunk_size: importance samples per network pass (default: the model's, ~256 MB).
+      progress: show a tqdm bar over batches with the images per second.
+
+    Returns:
+      (summary, per_example). `summary`: JSON-able numbers: 'log_likelihood' (mean IS estimate,
+      nats), 'log_likelihood_std' (over examples), 'log_likelihood_sem' (its standard error),
+      'elbo' (mean, beta = 1), 'reconstruction', 'kl', 'bits_per_dim' and 'elbo_bits_per_dim'
+      (discretized logistic likelihoods only: -value / (D ln 2)), 'active_units' {layer: int},
+      'num_examples', 'num_samples', 'seconds', 'images_per_second'.
+      `per_example`: numpy arrays 'log_likelihood' (float64) and 'elbo', 'reconstruction', 'kl'.
+    """
+    num_samples = int(num_samples)
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
+    elbo_terms = _elbo_terms(model)
+    lls, elbos, recons, kls = [], [], [], []
+    means = {layer: [] for layer in model.latent_sizes}
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=_num_batches(dataset), unit="batch", desc=f"evaluating (S={num_samples})")
+    count, start = 0, time.perf_counter()
+    for x in _batches(dataset):
+        lls.append(model.log_likelihood(x, num_samples=num_samples, chunk_size=chunk_size).numpy())
+        terms = elbo_terms(x)
+        elbos.append(-terms["loss"].numpy())
+        recons.append(terms["reconstruction"].numpy())
+        kls.append(terms["kl"].numpy())
+        codes = model.encode(x)
+        for layer in means:
+            means[layer].append(codes[f"{layer}_mean"].numpy())
+        count += int(x.shape[0])
+        if bar is not None:
+            elapsed = time.perf_counter() - start
+            bar.update(1)
+            bar.set_postfix(img_s=f"{count / max(elapsed, 1e-9):.1f}", LL=f"{np.mean(np.concatenate(lls)):.2f}")
+    seconds = time.perf_counter() - start
+    if bar is not None:
+        bar.close()
+    if count == 0:
+        raise ValueError("evaluate got an empty dataset.")
+
+    per_example = {"log_likelihood": np.concatenate(lls).astype(np.float64),
+                   "elbo": np.concatenate(elbos), "reconstruction": np.concatenate(recons),
+                   "kl": np.concatenate(kls)}
+    ll = per_example["log_likelihood"]
+    summary = {
+        "log_likelihood": float(np.mean(ll)),
+        "log_likelihood_std": float(np.std(ll)),
+        "log_likelihood_sem": float(np.std(ll, ddof=1) / math.sqrt(count)) if count > 1 else float("nan"),
+        "elbo": float(np.mean(per_example["elbo"])),
+        "reconstruction": float(np.mean(per_example["reconstruction"])),
+        "kl": float(np.mean(per_example["kl"])),
+    }
+    if uses_bits_per_dim(model):
+        summary["bits_per_dim"] = float(bits_per_dim(summary["log_likelihood"], model.num_pixels))
+        summary["elbo_bits_per_dim"] = float(bits_per_dim(summary["elbo"], model.num_pixels))
+    means = {layer: np.concatenate(m, 0) for layer, m in means.items()}
+    summary["active_units"] = count_active_units(means) if count > 1 else {}
+    summary.update({"num_examples": count, "num_samples": num_samples, "seconds": float(seconds),
+                    "images_per_second": float(count / max(seconds, 1e-9))})
+    return summary, per_example
+
+
+def choose_pseudo_inputs(model, num, seed=0):
+    """`num` distinct pseudo-input indices for figures: the heaviest components for the
+    weighted VampPrior, a seeded random choice otherwise (never simply the first ones)."""
+    _require_vampprior(model)
+    k = model.num_components
+    num = min(int(num), k)
+    if model.prior_name == "weighted_vampprior":
+        weights = model.prior_layer.mixture_weights().numpy()
+        return [int(i) for i in np.argsort(-weights, kind="stable")[:num]]
+    return [int(i) for i in np.sort(np.random.default_rng(seed).choice(k, num, replace=False))]
+
+
+def _require_vampprior(model):
+    if model.prior_name not in VAMPPRIOR_PRIORS:
+        raise ValueError(f"The {model.prior_name!r} prior has no pseudo-inputs; they exist for "
+                         f"{', '.join(VAMPPRIOR_PRIORS)}.")
+
+
+def samples_from_pseudo_inputs(model, indices, num_samples=8, seed=0):
+    """Images generated from chosen pseudo-inputs (the paper's figure 4).
+
+    For each k in `indices`: encode u_k, draw `num_samples` z ~ q(z | u_k) (the top latent),
+    and generate images from them (two-level models draw z1 ~ p(z1 | z2) as in sampling).
+
+    Args:
+      model: a model with a VampPrior-family prior.
+      indices: pseudo-input indices in [0, K).
+      num_samples: images per pseudo-input.
+      seed: an int; the same seed gives the same images.
+
+    Returns:
+      float32 numpy `[len(indices), num_samples, H, W, C]` in [0, 1].
+    """
+    _require_vampprior(model)
+    indices = np.asarray(indices, np.int32).reshape(-1)
+    if indices.size == 0 or indices.min() < 0 or indices.max() >= model.num_components:
+        raise ValueError(f"indices must be non-empty and in [0, {model.num_components}), got {indices.tolist()}.")
+    num_samples = int(num_samples)
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
+
+    @tf.function(autograph=False)
+    def draw(index, seed):
+        seed_z, seed_x = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        mean, logvar = model._encode_top(tf.gather(model.prior_layer.pseudo_inputs(), index))
+        eps = tf.random.stateless_normal(tf.concat([tf.shape(mean)[:1], [num_samples], tf.shape(mean)[1:]], 0),
+                                         seed_z)
+        z = mean[:, None] + tf.exp(0.5 * logvar)[:, None] * eps  # [M, n, D]
+        images = model._generate(tf.reshape(z, [-1, tf.shape(mean)[-1]]), seed_x)
+        return tf.reshape(images, tf.concat([tf.shape(mean)[:1], [num_samples], model.image_shape], 0))
+
+    return draw(tf.constant(indices), tf.constant([int(seed), 2], tf.int32)).numpy()
+
+
+def _pairs(originals, reconstructions):
+    """Interleaves originals and reconstructions: [o0, r0, o1, r1, ...]."""
+    stacked = np.stack([np.asarray(originals), np.asarray(reconstructions)], 1)
+    return stacked.reshape((-1,) + stacked.shape[2:])
+
+
+def write_pictures(model, images, picture_dir, *, log_likelihoods=None, writer=None, step=0, num_samples=64,
+                   num_reconstructions=32, num_pseudo_inputs=8, samples_per_pseudo_input=8, seed=0,
+                   prefix="eval"):
+    """Writes the evaluation pictures as PNG files and (with `writer`) TensorBoard images.
+
+    Pictures: `samples.png`; `reconstructions.png` (pairs original | reconstruction);
+    for VampPrior priors `pseudo_inputs.png` (all K) and `pseudo_input_samples.png` (each row:
+    a chosen pseudo-input, then images generated from it); with `log_likelihoods`,
+    `log_likelihood_histogram.png` (and a TensorBoard histogram).
+
+    Args:
+      model: a tfvamp model.
+      images: test images `[N, H, W, C]` (the first `num_reconstructions` are reconstructed).
+      picture_dir: the folder for the PNG files (created).
+      log_likelihoods: optional per-example log-likelihoods for the histogram.
+      writer: optional `tf.summary` writer for TensorBoard images.
+      step: the TensorBoard step.
+      num_samples: images sampled from the model (0 skips; PixelHVAE samples are slow on CPU).
+      num_reconstructions: originals reconstructed.
+      num_pseudo_inputs, samples_per_pseudo_input: the figure-4 grid.
+      seed: seeds the samples and the choice of pseudo-inputs.
+      prefix: TensorBoard tag prefix.
+
+    Returns:
+      `{picture name: PNG path}`.
+    """
+    os.makedirs(picture_dir, exist_ok=True)
+    grids = {}
+    if num_samples > 0:
+        samples = model.sample(num_samples, seed=seed).numpy()
+        grids["samples"] = (samples, None)
+    originals = np.asarray(images, np.float32)[:num_reconstructions]
+    if len(originals):
+        recon = model.reconstruct(originals).numpy()
+        columns = 2 * max(1, int(math.ceil(math.sqrt(len(originals)))))
+        grids["reconstructions"] = (_pairs(originals, recon), columns)
+    if model.prior_name in VAMPPRIOR_PRIORS:
+        u = model.prior_layer.pseudo_inputs().numpy()
+        grids["pseudo_inputs"] = (u, None)
+        if num_pseudo_inputs > 0 and samples_per_pseudo_input > 0:
+            chosen = choose_pseudo_inputs(model, num_pseudo_inputs, seed)
+            generated = samples_from_pseudo_inputs(model, chosen, samples_per_pseudo_input, seed)
+            rows = np.concatenate([u[chosen][:, None], generated], 1)  # [M, 1 + n, H, W, C]
+            grids["pseudo_input_samples"] = (rows.reshape((-1,) + rows.shape[2:]), 1 + samples_per_pseudo_input)
+    paths = {}
+    for name, (pics, columns) in grids.items():
+        grid = pictures.image_grid(pics, columns)
+        paths[name] = pictures.save_png(os.path.join(picture_dir, f"{name}.png"), grid)
+        if writer is not None:
+            with writer.as_default():
+                pictures.tensorboard_image(f"{prefix}/{name}", pics, step, columns)
+    if log_likelihoods is not None:
+        ll = np.asarray(log_likelihoods, np.float64)
+        hist = pictures.histogram_image(ll, title="per-example log-likelihood (nats)")
+        paths["log_likelihood_histogram"] = pictures.save_png(
+            os.path.join(picture_dir, "log_likelihood_histogram.png"), hist)
+        if writer is not None:
+            with writer.as_default():
+                tf.summary.histogram(f"{prefix}/log_likelihood", ll, step=step)
+                tf.summary.image(f"{prefix}/log_likelihood_histogram", hist[None].astype(np.float32) / 255.0,
+                                 step=step)
+    if writer is not None:
+        writer.flush()
+    return paths
+
+
+def write_summaries(writer, summary, step=0, prefix="eval"):
+    """Logs a summary's numbers (and active units per layer) as TensorBoard scalars."""
+    with writer.as_default():
+        for key, value in summary.items():
+            if key == "active_units":
+                for layer, n in value.items():
+                    tf.summary.scalar(f"{prefix}/active_units_{layer}", n, step=step)
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                tf.summary.scalar(f"{prefix}/{key}", value, step=step)
+    writer.flush()
+
+
+def save_results(model_dir, summary, split="test", **extra):
+    """Merges `{split: {**summary, **extra}}` into `<model_dir>/results.json`; returns its path.
+
+    Other keys already in the file are kept, so evaluations of several splits (and whatever
+    training recorded) live side by side.
+    """
+    path = os.path.join(model_dir, "results.json")
+    results = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            try:
+                results = json.load(f)
+            except json.JSONDecodeError:
+                results = {}
+        if not isinstance(results, dict):
+            results = {}
+    results[split] = {**summary, **extra}
+    os.makedirs(model_dir, exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(results, f, indent=2, sort_keys=True, default=_jsonable)
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def _jsonable(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
