@@ -1,0 +1,55 @@
+#!/usr/bin/env python
+"""Trains a VAE with a VampPrior (Tomczak & Welling, 2018).
+
+    python scripts/train.py --flagfile configs/frey.cfg
+    python scripts/train.py --flagfile configs/frey.cfg --flagfile configs/quick.cfg --model_dir /tmp/frey_quick
+    python scripts/train.py --dataset static_mnist --model hvae --prior vampprior --model_dir runs/x
+
+Re-running a command with the same --model_dir resumes that run from its last checkpoint.
+Several machines: set TF_CONFIG on each and run the same command (see docs/training.md).
+All flags: tfvamp/flags.py, or --helpfull.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+from tfvamp import flags as tflags  # noqa: E402
+
+tflags.define_flags()
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments {argv[1:]} (flags are --name=value).")
+    try:
+        config = tflags.config_from_flags(FLAGS)
+    except ValueError as e:
+        raise app.UsageError(str(e))
+    # pylint: disable=import-outside-toplevel
+    from tfvamp import distribute
+    from tfvamp import training
+    # Before anything else touches TensorFlow: the logical CPU split, then the strategy.
+    devices = distribute.split_cpu(FLAGS.cpu_devices) if FLAGS.cpu_devices > 1 else None
+    strategy = distribute.make_strategy(config["strategy"], devices=devices)
+    if FLAGS.benchmark_xla:
+        timings = training.benchmark_step(config, steps=FLAGS.benchmark_xla, strategy=strategy)
+        for jit, seconds in sorted(timings.items()):
+            print(f"{config['model']} {config['prior']} {config['dataset']} batch {config['batch_size']} "
+                  f"jit_compile={jit}: {1000 * seconds:.1f} ms/step")
+        return 0
+    try:
+        training.train(config, strategy)
+    except training.TrainingDiverged as e:
+        print(f"ERROR: {e}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
