@@ -1,0 +1,92 @@
+"""Likelihoods against the SPEC formulas written in NumPy."""
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy.special import expit, log_expit
+
+from tfvamp import likelihoods
+
+
+def _release_log_prob(x, loc, log_scale):
+    """SPEC section 3, written out: the release's discretized logistic."""
+    s = np.exp(log_scale)
+    bin_ = np.clip(np.floor(256 * x), 0, 255) / 256
+    return np.log(expit((bin_ + 1 / 256 - loc) / s) - expit((bin_ - loc) / s) + 1e-7)
+
+
+def test_discretized_logistic_matches_release_formula():
+    rng = np.random.default_rng(0)
+    x = (rng.integers(0, 256, size=(4, 7, 5, 1)) + 0.5) / 256
+    loc = rng.uniform(likelihoods.LOC_MIN, likelihoods.LOC_MAX, size=x.shape)
+    log_scale = rng.uniform(-4.5, 0.0, size=x.shape)
+    dist = likelihoods.distribution("discretized_logistic",
+                                    [tf.constant(loc, tf.float64), tf.constant(log_scale, tf.float64)])
+    assert dist.event_shape == (7, 5, 1) and dist.batch_shape == (4,)
+    expected = _release_log_prob(x, loc, log_scale).reshape(4, -1).sum(-1)
+    np.testing.assert_allclose(dist.log_prob(x).numpy(), expected, rtol=1e-10)
+
+
+@pytest.mark.parametrize("loc,log_scale", [(0.5, -4.5), (0.5, 0.0), (1 / 512, -4.5), (1 - 1 / 512, -2.0),
+                                           (0.01, -1.0), (0.3, -3.3)])
+def test_normalized_bins_sum_to_one(loc, log_scale):
+    bins = (np.arange(256) + 0.5) / 256
+    base = likelihoods.DiscretizedLogistic(np.full(256, loc, np.float32), np.full(256, log_scale, np.float32),
+                                           normalized=True)
+    total = np.exp(base.log_prob(bins.astype(np.float32)).numpy().astype(np.float64)).sum()
+    np.testing.assert_allclose(total, 1.0, atol=1e-5)
+    # The release's formula loses the mass beyond both edges (it is not a distribution);
+    # only its +1e-7 per bin can push it past the normalised total.
+    release = np.exp(_release_log_prob(bins, loc, log_scale)).sum()
+    assert release - 256 * 1e-7 <= total + 1e-6
+
+
+def test_normalized_interior_bins_match_exact_cdf_difference():
+    rng = np.random.default_rng(1)
+    x = (rng.integers(1, 255, size=1000) + 0.5) / 256  # interior bins only
+    loc = rng.uniform(0.2, 0.8, size=1000)
+    log_scale = rng.uniform(-4.5, 0.0, size=1000)
+    got = likelihoods.DiscretizedLogistic(loc, log_scale, normalized=True).log_prob(x).numpy()
+    lower = np.floor(256 * x) / 256
+    s = np.exp(log_scale)
+    a, b = (lower + 1 / 256 - loc) / s, (lower - loc) / s
+    # sigmoid(a) - sigmoid(b) = sigmoid(-b) - sigmoid(-a): take the side far from 1 (no cancellation).
+    mass = np.where(b > 0, expit(-b) - expit(-a), expit(a) - expit(b))
+    keep = mass > 1e-12
+    np.testing.assert_allclose(got[keep], np.log(mass[keep]), rtol=1e-7)
+    assert np.all(np.isfinite(got)) and keep.sum() > 900
+    # Edge bins take the tails: first bin = CDF at 1/256, last = 1 - CDF at 255/256.
+    edge = likelihoods.DiscretizedLogistic(np.array([0.5, 0.5]), np.array([-1.0, -1.0]), normalized=True)
+    np.testing.assert_allclose(edge.log_prob(np.array([0.5 / 256, 255.5 / 256])).numpy(),
+                               [log_expit((1 / 256 - 0.5) / np.exp(-1.0)),
+                                log_expit(-(255 / 256 - 0.5) / np.exp(-1.0))], rtol=1e-10)
+
+
+def test_discretized_logistic_sampler_matches_bin_masses():
+    """A chi-square-style check of sample frequencies against the normalised bin masses."""
+    loc, log_scale = 0.37, -3.0
+    base = likelihoods.DiscretizedLogistic(np.float64(loc), np.float64(log_scale), normalized=True)
+    draws = base.sample(40000, seed=tf.constant([3, 4])).numpy()
+    assert np.all(np.isin(np.round(draws * 256 - 0.5), np.arange(256)))  # bin centres only
+    bins = (np.arange(256) + 0.5) / 256
+    probs = np.exp(base.log_prob(bins).numpy())
+    counts = np.bincount(np.round(draws * 256 - 0.5).astype(int), minlength=256)
+    expected = probs * len(draws)
+    keep = expected > 20
+    chi2 = ((counts[keep] - expected[keep]) ** 2 / expected[keep]).sum()
+    assert chi2 < 2.0 * keep.sum() + 30, chi2  # ~ dof in expectation
+
+
+def test_bernoulli_on_logits_matches_numpy():
+    rng = np.random.default_rng(2)
+    logits = rng.normal(scale=4.0, size=(3, 4, 4, 1))
+    x = (rng.uniform(size=logits.shape) < 0.5).astype(np.float64)
+    dist = likelihoods.distribution("bernoulli", [tf.constant(logits)])
+    expected = (x * log_expit(logits) + (1 - x) * log_expit(-logits)).reshape(3, -1).sum(-1)
+    np.testing.assert_allclose(dist.log_prob(x).numpy(), expected, rtol=1e-10)
+
+
+def test_unknown_likelihood_names_the_choices():
+    with pytest.raises(ValueError, match="bernoulli"):
+        likelihoods.check_likelihood("gaussian")
+    with pytest.raises(ValueError, match="parameter maps"):
+        likelihoods.distribution("discretized_logistic", [tf.zeros([1, 2, 2, 1])])

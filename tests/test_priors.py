@@ -1,0 +1,119 @@
+"""The five priors against NumPy/SciPy mixtures of diagonal Gaussians."""
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy.special import logsumexp, softmax
+from scipy.stats import norm
+
+import tfvamp
+from tfvamp import priors
+
+SHAPE = (28, 28, 1)
+
+
+def _numpy_mixture_log_prob(z, means, logvars, weights):
+    """log sum_k w_k prod_d N(z_d | mean_kd, exp(logvar_kd)), in float64 SciPy."""
+    comp = norm.logpdf(z[:, None, :], means[None].astype(np.float64),
+                       np.exp(0.5 * logvars[None].astype(np.float64))).sum(-1)
+    return logsumexp(comp + np.log(weights)[None], axis=1)
+
+
+def _vae(prior, k=7, latent=6, **kw):
+    return tfvamp.build_model("vae", prior, SHAPE, "bernoulli", num_components=k, z1_size=latent, seed=0, **kw)
+
+
+@pytest.mark.parametrize("prior", ["vampprior", "weighted_vampprior"])
+def test_vampprior_log_prob_matches_numpy_on_clipped_pseudo_inputs(prior):
+    model = _vae(prior)
+    rng = np.random.default_rng(0)
+    # Some entries outside [0, 1], so that the clip matters.
+    raw = rng.uniform(-0.5, 1.5, size=model.prior_layer.pseudo_inputs_variable.shape).astype(np.float32)
+    model.prior_layer.pseudo_inputs_variable.assign(raw)
+    if prior == "weighted_vampprior":
+        model.prior_layer.mixture_logits.assign(rng.normal(size=7).astype(np.float32))
+    means, logvars = (t.numpy() for t in model._encode_top(np.clip(raw, 0.0, 1.0)))
+    weights = (softmax(model.prior_layer.mixture_logits.numpy().astype(np.float64))
+               if prior == "weighted_vampprior" else np.full(7, 1 / 7))
+    z = rng.normal(size=(11, 6)).astype(np.float32)
+    dist = model.prior()
+    assert dist.event_shape == (6,) and dist.batch_shape == ()
+    np.testing.assert_allclose(dist.log_prob(z).numpy(), _numpy_mixture_log_prob(z, means, logvars, weights),
+                               rtol=1e-5)
+    np.testing.assert_allclose(model.prior_layer.mixture_weights().numpy().sum(), 1.0, rtol=1e-6)
+
+
+def test_vampprior_gradients_reach_pseudo_inputs_and_encoder():
+    model = _vae("weighted_vampprior")
+    raw = model.prior_layer.pseudo_inputs_variable
+    values = np.full(raw.shape, 0.5, np.float32)
+    values[0, 0, 0, 0] = 1.7  # clipped: no gradient there (release behaviour, documented)
+    raw.assign(values)
+    z = tf.random.stateless_normal([5, 6], seed=[1, 2])
+    with tf.GradientTape() as tape:
+        log_p = tf.reduce_sum(model.prior().log_prob(z))
+    encoder_kernel = model.q_z.layers[1].kernel
+    g_u, g_enc, g_logits = tape.gradient(log_p, [raw, encoder_kernel, model.prior_layer.mixture_logits])
+    g_u = g_u.numpy()
+    assert np.abs(g_u[1:]).sum() > 0 and np.count_nonzero(g_u) > g_u.size // 2
+    assert g_u[0, 0, 0, 0] == 0.0
+    assert np.abs(g_enc.numpy()).sum() > 0 and np.abs(g_logits.numpy()).sum() > 0
+
+
+def test_mog_log_prob_matches_numpy():
+    model = _vae("mog", k=5, latent=3)
+    rng = np.random.default_rng(3)
+    model.prior_layer.means.assign(rng.normal(size=(5, 3)).astype(np.float32))
+    model.prior_layer.logvars.assign(rng.uniform(-2, 1, size=(5, 3)).astype(np.float32))
+    z = rng.normal(size=(9, 3)).astype(np.float32)
+    expected = _numpy_mixture_log_prob(z, model.prior_layer.means.numpy(), model.prior_layer.logvars.numpy(),
+                                       np.full(5, 0.2))
+    np.testing.assert_allclose(model.prior().log_prob(z).numpy(), expected, rtol=1e-5)
+
+
+def test_standard_prior_is_unit_gaussian():
+    z = np.random.default_rng(4).normal(size=(4, 6)).astype(np.float32)
+    np.testing.assert_allclose(_vae("standard").prior().log_prob(z).numpy(),
+                               norm.logpdf(z.astype(np.float64)).sum(-1), rtol=1e-6)
+
+
+def test_vampprior_data_uses_a_fixed_random_subset_of_training_images():
+    images = np.stack([np.full(SHAPE, i / 40.0, np.float32) for i in range(40)])
+    model = _vae("vampprior_data", k=7, pseudo_inputs_data=images)
+    u = model.prior_layer.pseudo_inputs().numpy()
+    levels = np.round(u[:, 0, 0, 0] * 40).astype(int)
+    assert len(set(levels)) == 7 and set(levels) <= set(range(40))
+    assert list(levels) != list(range(7))  # not "the first K"
+    assert all(w is not model.prior_layer.pseudo_inputs_variable for w in model.trainable_weights)
+    with pytest.raises(ValueError, match="at least K"):
+        _vae("vampprior_data", k=50, pseudo_inputs_data=images)
+    with pytest.raises(ValueError, match="pseudo_inputs_data"):
+        _vae("vampprior_data", k=7)
+
+
+def test_prior_sampling_draws_components_by_weight():
+    """Components made far apart; sample frequencies follow the (learned) weights."""
+    model = _vae("weighted_vampprior", k=4, latent=6)
+    head = model.q_z_head
+    kernel = np.zeros(head.kernel.shape, np.float32)
+    kernel[:, :6] = np.random.default_rng(5).normal(scale=0.3, size=(kernel.shape[0], 6))
+    head.kernel.assign(kernel)
+    head.bias.assign(np.concatenate([np.zeros(6), np.full(6, -6.0)]).astype(np.float32))  # tiny variances
+    u = np.stack([np.full(SHAPE, v, np.float32) for v in (0.0, 0.3, 0.7, 1.0)])
+    model.prior_layer.pseudo_inputs_variable.assign(u)
+    weights = np.array([0.1, 0.2, 0.3, 0.4])
+    model.prior_layer.mixture_logits.assign(np.log(weights).astype(np.float32))
+    means = model._encode_top(u)[0].numpy()
+    assert np.min([np.linalg.norm(means[i] - means[j]) for i in range(4) for j in range(i)]) > 1.0
+    z = model.prior().sample(8000, seed=tf.constant([7, 8])).numpy()
+    nearest = np.argmin(((z[:, None, :] - means[None]) ** 2).sum(-1), axis=1)
+    freq = np.bincount(nearest, minlength=4) / len(z)
+    np.testing.assert_allclose(freq, weights, atol=4 * np.sqrt(0.25 / 8000))
+
+
+def test_unknown_prior_and_bad_k_are_clear_errors():
+    with pytest.raises(ValueError, match="vampprior"):
+        _vae("flow")
+    with pytest.raises(ValueError, match=">= 1"):
+        _vae("vampprior", k=0)
+    with pytest.raises(ValueError, match="pseudo_inputs_data must be images"):
+        priors.make_prior("vampprior", 4, SHAPE, 3, pseudo_inputs_data=np.zeros((5, 28, 20, 1)))
