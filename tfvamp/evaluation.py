@@ -224,17 +224,32 @@ def samples_from_pseudo_inputs(model, indices, num_samples=8, seed=0):
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
 
-    @tf.function(autograph=False)
-    def draw(index, seed):
-        seed_z, seed_x = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-        mean, logvar = model._encode_top(tf.gather(model.prior_layer.pseudo_inputs(), index))
-        eps = tf.random.stateless_normal(tf.concat([tf.shape(mean)[:1], [num_samples], tf.shape(mean)[1:]], 0),
-                                         seed_z)
-        z = mean[:, None] + tf.exp(0.5 * logvar)[:, None] * eps  # [M, n, D]
-        images = model._generate(tf.reshape(z, [-1, tf.shape(mean)[-1]]), seed_x)
-        return tf.reshape(images, tf.concat([tf.shape(mean)[:1], [num_samples], model.image_shape], 0))
+    images = _pseudo_input_sampler(model)(tf.constant(indices), tf.constant(num_samples),
+                                          tf.constant([int(seed), 2], tf.int32))
+    return images.numpy()
 
-    return draw(tf.constant(indices), tf.constant([int(seed), 2], tf.int32)).numpy()
+
+_PSEUDO_INPUT_SAMPLERS = weakref.WeakKeyDictionary()
+
+
+def _pseudo_input_sampler(model):
+    """A compiled `(indices [M], n, seed [2]) -> images [M, n, H, W, C]` for `model` (cached)."""
+    fn = _PSEUDO_INPUT_SAMPLERS.get(model)
+    if fn is not None:
+        return fn
+
+    @tf.function(autograph=False, reduce_retracing=True)
+    def draw(indices, num_samples, seed):
+        seed_z, seed_x = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        mean, logvar = model._encode_top(tf.gather(model.prior_layer.pseudo_inputs(), indices))  # [M, D]
+        shape = tf.shape(mean)
+        eps = tf.random.stateless_normal(tf.stack([shape[0], num_samples, shape[1]]), seed_z)
+        z = mean[:, None] + tf.exp(0.5 * logvar)[:, None] * eps  # [M, n, D]
+        images = model._generate(tf.reshape(z, [-1, model.top_latent_size]), seed_x)
+        return tf.reshape(images, tf.concat([[shape[0], num_samples], model.image_shape], 0))
+
+    _PSEUDO_INPUT_SAMPLERS[model] = draw
+    return draw
 
 
 def _pairs(originals, reconstructions):

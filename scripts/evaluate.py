@@ -1,0 +1,127 @@
+"""Evaluates a trained run: test log-likelihood, ELBO, bits/dim, active units and pictures.
+
+    python scripts/evaluate.py --model_dir runs/mnist_hvae_vamp [--split test] [--eval_samples 5000]
+
+Reads `<model_dir>/config.json` and the best weights (`--which latest` for the newest
+checkpoint), evaluates the chosen split with a progress bar (images/s), and writes
+
+    <model_dir>/results.json                  {split: summary} merged into what is there
+    <model_dir>/eval_<split>.npz              per-example log_likelihood, elbo, reconstruction, kl
+    <model_dir>/pictures/*.png                samples, reconstructions, pseudo-inputs,
+                                              samples from chosen pseudo-inputs, LL histogram
+    <model_dir>/tensorboard/eval/             the same pictures, the numbers, an LL histogram
+
+See docs/evaluation.md.
+"""
+import inspect
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model_dir", None, "Run directory written by scripts/train.py.")
+flags.DEFINE_enum("split", "test", ("test", "validation"), "Which split to evaluate.")
+flags.DEFINE_enum("which", "best", ("best", "latest"), "Best weights or the newest checkpoint.")
+flags.DEFINE_integer("eval_samples", 5000, "Importance samples S per image for log p(x).")
+flags.DEFINE_integer("chunk_size", 0, "Importance samples per network pass (0 = automatic, ~256 MB).")
+flags.DEFINE_integer("eval_batch_size", 0, "Images per batch (0 = the run's eval_batch_size, else 100).")
+flags.DEFINE_integer("max_batches", 0, "Evaluate only this many batches (0 = the whole split; "
+                     "for smoke tests: the numbers then cover part of the split).")
+flags.DEFINE_string("dataset", None, "Override the run's dataset name (default: config.json's).")
+flags.DEFINE_string("data_dir", None, "Override where prepared datasets are cached.")
+flags.DEFINE_string("manual_dir", None, "Override where the original dataset files are.")
+flags.DEFINE_string("images", None, "Evaluate these images instead of a split: a .npy file [N, H, W, C] "
+                    "in [0, 1]; results are stored under the file's base name.")
+flags.DEFINE_bool("pictures", True, "Write PNG files and TensorBoard images.")
+flags.DEFINE_integer("num_pictures", 64, "Samples drawn from the model for the pictures (0 = none; "
+                     "PixelHVAE samples pixel by pixel and is slow on CPU).")
+flags.DEFINE_integer("num_reconstructions", 32, "Test images shown next to their reconstructions.")
+flags.DEFINE_integer("num_pseudo_inputs", 8, "Pseudo-inputs to generate from (VampPrior priors).")
+flags.DEFINE_integer("samples_per_pseudo_input", 8, "Images generated from each chosen pseudo-input.")
+flags.DEFINE_integer("seed", 0, "Seed of the pictures' samples and the choice of pseudo-inputs.")
+flags.DEFINE_bool("progress", True, "Show a progress bar.")
+flags.mark_flag_as_required("model_dir")
+
+
+def load_split(config, split, batch_size):
+    """The run's dataset split as batches of images, through `tfvamp.data.load`."""
+    from tfvamp import data  # the data module pulls in TFDS: import only when needed
+
+    name = FLAGS.dataset or config.get("dataset")
+    if not name:
+        raise ValueError("config.json names no dataset; pass --dataset.")
+    options = {"eval_batch_size": batch_size,
+               "data_dir": FLAGS.data_dir or config.get("data_dir"),
+               "manual_dir": FLAGS.manual_dir or config.get("manual_dir"),
+               "seed": config.get("seed")}
+    options = {k: v for k, v in options.items() if v is not None}
+    # Pass only the options this version of tfvamp.data.load takes.
+    params = inspect.signature(data.load).parameters
+    if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        options = {k: v for k, v in options.items() if k in params}
+    return getattr(data.load(name, batch_size, **options), split)
+
+
+def load_images(path, batch_size):
+    """Images from a .npy file `[N, H, W, C]` in [0, 1], as a dataset of batches."""
+    import numpy as np
+    import tensorflow as tf
+
+    images = np.load(path).astype(np.float32)
+    return tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
+
+
+def main(argv):
+    del argv
+    import numpy as np
+    import tensorflow as tf
+
+    from tfvamp import checkpointing
+    from tfvamp import evaluation
+
+    model_dir = FLAGS.model_dir
+    model, config = checkpointing.load_model(model_dir, FLAGS.which)
+    batch_size = FLAGS.eval_batch_size or int(config.get("eval_batch_size") or 100)
+    if FLAGS.images:
+        split = os.path.splitext(os.path.basename(FLAGS.images))[0]
+        dataset = load_images(FLAGS.images, batch_size)
+    else:
+        split = FLAGS.split
+        dataset = load_split(config, split, batch_size)
+    if FLAGS.max_batches:
+        dataset = dataset.take(FLAGS.max_batches)
+
+    summary, per_example = evaluation.evaluate(
+        model, dataset, num_samples=FLAGS.eval_samples, chunk_size=FLAGS.chunk_size or None,
+        progress=FLAGS.progress)
+    checkpoint = checkpointing.checkpoint_path(model_dir, FLAGS.which)
+    extra = {"checkpoint": os.path.relpath(checkpoint, model_dir),
+             "dataset": FLAGS.images or FLAGS.dataset or config.get("dataset"), "partial": bool(FLAGS.max_batches)}
+    results_path = evaluation.save_results(model_dir, summary, split, **extra)
+    np.savez(os.path.join(model_dir, f"eval_{split}.npz"), **per_example)
+
+    writer = tf.summary.create_file_writer(os.path.join(model_dir, checkpointing.TENSORBOARD_DIR, "eval"))
+    prefix = f"eval_{split}"
+    evaluation.write_summaries(writer, summary, step=0, prefix=prefix)
+    if FLAGS.pictures:
+        originals = next(iter(dataset))
+        originals = originals[0] if isinstance(originals, (tuple, list)) else originals
+        paths = evaluation.write_pictures(
+            model, originals.numpy()[:FLAGS.num_reconstructions], os.path.join(model_dir, "pictures"),
+            log_likelihoods=per_example["log_likelihood"], writer=writer, step=0,
+            num_samples=FLAGS.num_pictures, num_reconstructions=FLAGS.num_reconstructions,
+            num_pseudo_inputs=FLAGS.num_pseudo_inputs, samples_per_pseudo_input=FLAGS.samples_per_pseudo_input,
+            seed=FLAGS.seed, prefix=prefix)
+        for name, path in paths.items():
+            print(f"{name:>24}: {path}")
+    print(json.dumps({split: summary}, indent=2, sort_keys=True))
+    print(f"results: {results_path}")
+
+
+if __name__ == "__main__":
+    app.run(main)
