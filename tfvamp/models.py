@@ -172,8 +172,11 @@ class LatentVariableModel(keras.Model):
         """q(top latent | x): images `[N, H, W, C]` -> (mean, logvar) `[N, D_top]`."""
         raise NotImplementedError
 
-    def _terms(self, x, num_samples, prior, noise_fn, training):
+    def _terms(self, x, num_samples, prior, noise_fn, training, prior_dtype=None):
         """Draws `num_samples` latents per image from q and scores them.
+
+        `prior_dtype`: the dtype of the prior's mixture log-density (float64 in the importance
+        sampler, where the matmul expansion of `priors.mixture_log_prob` could cancel).
 
         Returns (log p(x|z), log q(z|x), log p(z)), each `[S, B]`.
         """
@@ -243,8 +246,8 @@ class LatentVariableModel(keras.Model):
     def default_chunk_size(self, batch_size, num_samples):
         """Importance samples per chunk so that one chunk's activations fit `_FLOAT_BUDGET`."""
         per_row = self._floats_per_row()
-        if self.prior_name != "standard":  # the mixture's [rows, K, D] intermediate
-            per_row += self.num_components * self.top_latent_size
+        if self.prior_name != "standard":  # the mixture's [rows, K] float64 log-densities
+            per_row += 4 * self.num_components
         return int(max(1, min(num_samples, _FLOAT_BUDGET // max(1, per_row * int(batch_size)))))
 
     def log_likelihood(self, x, num_samples=5000, chunk_size=None):
@@ -278,7 +281,7 @@ class LatentVariableModel(keras.Model):
         acc0 = tf.fill(tf.shape(x)[:1], tf.constant(-np.inf, tf.float64))
 
         def body(i, acc):
-            log_px, log_q, log_p = self._terms(x, chunk, prior, None, False)
+            log_px, log_q, log_p = self._terms(x, chunk, prior, None, False, tf.float64)
             log_w = tf.cast(log_px + log_p - log_q, tf.float64)  # [chunk, B]
             # The last chunk may run past S: mask its extra samples out.
             valid = tf.range(chunk) + i * chunk < num_samples
@@ -344,13 +347,13 @@ class VAE(LatentVariableModel):
     def _decode(self, z):
         return self.p_x_head(self.p_x(z))
 
-    def _terms(self, x, num_samples, prior, noise_fn, training):
+    def _terms(self, x, num_samples, prior, noise_fn, training, prior_dtype=None):
         mean, logvar = self._encode_top(x)
         z = self._reparameterize(mean, logvar, num_samples, noise_fn)
         log_px = self._log_px(self._decode(z), x, num_samples)
         log_q = log_normal_diag(z, _tile(mean, num_samples), _tile(logvar, num_samples))
         shape = [num_samples, -1]
-        return log_px, tf.reshape(log_q, shape), tf.reshape(prior.log_prob(z), shape)
+        return log_px, tf.reshape(log_q, shape), tf.reshape(priors.mixture_log_prob(prior, z, prior_dtype), shape)
 
     def _generate(self, top, seed):
         return likelihoods.mean_image(self.likelihood_name, self._decode(top))
@@ -417,7 +420,7 @@ class HVAE(LatentVariableModel):
         """Likelihood parameters `[N, H, W, C]` from z1, z2 `[N, D]` (x: PixelHVAE's context)."""
         return self.p_x_head(self.p_x_joint(tf.concat([self.p_x_z1(z1), self.p_x_z2(z2)], -1)))
 
-    def _terms(self, x, num_samples, prior, noise_fn, training):
+    def _terms(self, x, num_samples, prior, noise_fn, training, prior_dtype=None):
         mean2, logvar2 = self._encode_top(x)
         z2 = self._reparameterize(mean2, logvar2, num_samples, noise_fn)
         # x's branch of q(z1|x,z2) does not depend on the sample: compute it once.
@@ -429,7 +432,7 @@ class HVAE(LatentVariableModel):
         log_px = self._log_px(self._decode(z1, z2, x_context, training), x, num_samples)
         log_q = (log_normal_diag(z1, mean1, logvar1)
                  + log_normal_diag(z2, _tile(mean2, num_samples), _tile(logvar2, num_samples)))
-        log_p = log_normal_diag(z1, p_mean1, p_logvar1) + prior.log_prob(z2)
+        log_p = log_normal_diag(z1, p_mean1, p_logvar1) + priors.mixture_log_prob(prior, z2, prior_dtype)
         shape = [num_samples, -1]
         return log_px, tf.reshape(log_q, shape), tf.reshape(log_p, shape)
 

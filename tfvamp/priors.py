@@ -18,6 +18,8 @@ component is a diagonal Gaussian over the whole latent vector (a bare Normal wit
 [K, D] would mix every dimension separately, a known mistake). `log_prob` is a logsumexp
 over components with every normalising constant kept.
 """
+import math
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -54,6 +56,44 @@ def gaussian_mixture(means, logvars, mixture_logits=None):
     return tfd.MixtureSameFamily(
         mixture_distribution=tfd.Categorical(logits=mixture_logits),
         components_distribution=diagonal_gaussian(means, logvars))
+
+
+def mixture_log_prob(dist, z, dtype=None):
+    """`dist.log_prob(z)` for a prior of this module, fast for Gaussian mixtures.
+
+    For `gaussian_mixture` distributions the K component densities come from one matmul:
+    sum_d (z_d - m_kd)^2 / v_kd = [z^2, z] @ [1 / v_k; -2 m_k / v_k] + sum_d m_kd^2 / v_kd,
+    which never forms the `[N, K, D]` intermediate of `MixtureSameFamily.log_prob` (about 10x
+    faster here, and memory-bounded for the importance sampler). The expansion cancels when
+    |z| is large against the component scale; pass `dtype=tf.float64` where that matters
+    (the test log-likelihood does). Other distributions fall back to `dist.log_prob`.
+
+    Args:
+      dist: a distribution from `Prior.distribution`, event shape `[D]`.
+      z: `[N, D]`.
+      dtype: compute dtype (default: z's). The result is cast back to z's dtype.
+
+    Returns:
+      `[N]` log-densities.
+    """
+    components = getattr(dist, "components_distribution", None)
+    normal = getattr(components, "distribution", None)
+    if not isinstance(dist, tfd.MixtureSameFamily) or not isinstance(normal, tfd.Normal):
+        return dist.log_prob(z)
+    out_dtype = z.dtype
+    dtype = dtype or out_dtype
+    z = tf.cast(z, dtype)
+    means = tf.cast(tf.convert_to_tensor(normal.loc), dtype)
+    log_scale = tf.math.log(tf.cast(tf.convert_to_tensor(normal.scale), dtype))
+    inv_var = tf.exp(-2.0 * log_scale)
+    # Centre on the components' mean: smaller magnitudes, less cancellation.
+    centre = tf.stop_gradient(tf.reduce_mean(means, 0))
+    z, means = z - centre, means - centre
+    quad = tf.matmul(tf.concat([tf.square(z), z], -1),
+                     tf.concat([inv_var, -2.0 * means * inv_var], -1), transpose_b=True)  # [N, K]
+    const = tf.reduce_sum(math.log(2.0 * math.pi) + 2.0 * log_scale + tf.square(means) * inv_var, -1)
+    log_weights = tf.nn.log_softmax(tf.cast(dist.mixture_distribution.logits_parameter(), dtype))
+    return tf.cast(tf.reduce_logsumexp(log_weights - 0.5 * (quad + const), -1), out_dtype)
 
 
 class Prior(keras.layers.Layer):
