@@ -1,0 +1,352 @@
+"""Input pipeline: the paper's splits as `tf.data` datasets, plus per-dataset metadata.
+
+    splits = tfvamp.data.load("dynamic_mnist", batch_size=100, seed=0)
+    for x in splits.train:      # float32 [100, 28, 28, 1] in {0, 1}, re-binarised every batch
+        ...
+    splits.info.likelihood      # 'bernoulli'
+
+Preprocessing (SPEC section 6), from the images the TFDS builders store (`tfvamp.datasets`):
+  static_mnist, caltech101_silhouettes  0/1 as stored
+  dynamic_mnist                         x / 255, then binarised (below)
+  omniglot                              grey in [0, 1] as stored, then binarised (below)
+  frey_faces                            (x + 0.5) / 256 of the raw uint8 pixels
+  histopathology                        clipped to [1/512, 1 - 1/512]
+Binarisation of dynamic_mnist and omniglot: pixel ~ Bernoulli(grey).
+  * train: re-drawn for every batch of every epoch, reproducible from `seed`.
+  * validation / test: drawn once with the fixed EVAL_BINARIZATION_SEED, the same for every run
+    and every `seed`, so that all runs are evaluated on the same images. It is the release's
+    procedure (np.random.seed(777); binomial(1, x_val); binomial(1, x_test)), which gives
+    dynamic MNIST the release's validation and test images bit for bit.
+
+Only this module and `tfvamp.datasets` touch files; `get_info` does no I/O.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Callable, NamedTuple, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from tfvamp.datasets.errors import DataError  # re-exported: tfvamp.data.DataError
+
+SPLITS = ("train", "validation", "test")
+EVAL_BINARIZATION_SEED = 777
+MANUAL_DIR_ENV = "TFVAMP_MANUAL_DIR"
+
+__all__ = ["DataError", "DatasetInfo", "Splits", "get_info", "load", "as_numpy", "prepare",
+           "available", "NAMES", "SPLITS", "EVAL_BINARIZATION_SEED"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What the models and the training code need to know about a dataset (no I/O).
+
+    Attributes:
+      name: short name, e.g. 'static_mnist'.
+      input_shape: (H, W, 1).
+      likelihood: 'bernoulli' (binary data) or 'discretized_logistic' (grey data).
+      pseudo_inputs_mean, pseudo_inputs_std: N(mean, std) initialisation of VampPrior
+        pseudo-inputs (SPEC section 2).
+      num_examples: {'train': N, 'validation': N, 'test': N}, the paper's split sizes.
+      dynamic_binarization: True when training images are re-binarised every batch.
+      builder_name: the TFDS builder, e.g. 'tfvamp_static_mnist'.
+    """
+
+    name: str
+    input_shape: tuple[int, int, int]
+    likelihood: str
+    pseudo_inputs_mean: float
+    pseudo_inputs_std: float
+    num_examples: dict
+    dynamic_binarization: bool
+    builder_name: str
+
+    @property
+    def num_pixels(self) -> int:
+        """D = H * W (one channel)."""
+        return int(np.prod(self.input_shape))
+
+
+def _info(name, shape, likelihood, mean, std, sizes, dynamic):
+    return DatasetInfo(name, shape, likelihood, mean, std, dict(zip(SPLITS, sizes)), dynamic,
+                       f"tfvamp_{name}")
+
+
+_INFOS = {i.name: i for i in (
+    _info("static_mnist", (28, 28, 1), "bernoulli", 0.05, 0.01, (50000, 10000, 10000), False),
+    _info("dynamic_mnist", (28, 28, 1), "bernoulli", 0.05, 0.01, (50000, 10000, 10000), True),
+    _info("omniglot", (28, 28, 1), "bernoulli", 0.05, 0.01, (23000, 1345, 8070), True),
+    _info("caltech101_silhouettes", (28, 28, 1), "bernoulli", 0.5, 0.02, (4100, 2264, 2307), False),
+    _info("frey_faces", (28, 20, 1), "discretized_logistic", 0.5, 0.02, (1565, 200, 200), False),
+    _info("histopathology", (28, 28, 1), "discretized_logistic", 0.4, 0.05, (6800, 2000, 2000), False),
+)}
+NAMES = tuple(_INFOS)
+
+
+def get_info(name: str) -> DatasetInfo:
+    """Metadata of dataset `name` (one of NAMES). Raises ValueError for an unknown name."""
+    if name not in _INFOS:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(NAMES)}")
+    return _INFOS[name]
+
+
+class Splits(NamedTuple):
+    """`load`'s result: three datasets of float32 image batches [B, H, W, 1], and the info."""
+
+    train: tf.data.Dataset
+    validation: tf.data.Dataset
+    test: tf.data.Dataset
+    info: DatasetInfo
+
+
+# ----------------------------------------------------------------------------- public API
+
+def load(name: str, batch_size: int, *, eval_batch_size: int | None = None, data_dir=None,
+         manual_dir=None, seed: int = 0, shuffle_train: bool = True,
+         drop_remainder: bool = True) -> Splits:
+    """The paper's train / validation / test splits of `name` as batched `tf.data` datasets.
+
+    Prepares the TFDS data first if needed (from the original files, see `tfvamp.datasets`).
+
+    Args:
+      name: one of NAMES.
+      batch_size: training batch size (the global batch under `tf.distribute`).
+      eval_batch_size: validation/test batch size (default: batch_size).
+      data_dir: TFDS data dir (default: $TFDS_DATA_DIR, else TFDS' default).
+      manual_dir: folder with the original files (default: $TFVAMP_MANUAL_DIR).
+      seed: non-negative int seeding the training order and the training binarisation. The
+        datasets are reproducible from it (and TF's global seed, if someone sets one: tf.data
+        combines the two). Validation/test never depend on it.
+      shuffle_train: reshuffle the training set every epoch.
+      drop_remainder: drop the last incomplete training batch, so every batch (and every
+        replica's share under tf.distribute) has the same size. Validation and test never drop.
+
+    Returns:
+      Splits(train, validation, test, info); each dataset yields float32 [B, H, W, 1] in [0, 1].
+      Iterating `train` again starts a new epoch (new order, new binarisation).
+
+    Raises:
+      ValueError: unknown name, bad batch size or seed.
+      DataError: a data file is missing or bad (the message says which, and the fix).
+    """
+    info = get_info(name)
+    batch_size = _positive_int("batch_size", batch_size)
+    eval_batch_size = _positive_int("eval_batch_size", eval_batch_size or batch_size)
+    seed = _seed(seed)
+    builder = _prepared_builder(name, data_dir, manual_dir)
+
+    stored_train = _read_split(builder, name, "train")
+    if drop_remainder and batch_size > len(stored_train):
+        raise ValueError(f"batch_size={batch_size} is larger than the {len(stored_train)} training "
+                         f"images of {name}, so no full batch is left")
+    train = tf.data.Dataset.from_tensor_slices(stored_train)
+    if shuffle_train:
+        train = train.shuffle(len(stored_train), seed=seed, reshuffle_each_iteration=True)
+    train = train.batch(batch_size, drop_remainder=drop_remainder)
+    if info.dynamic_binarization:
+        # One stateless-noise seed per batch. rerandomize_each_iteration gives new seeds every
+        # epoch, still a deterministic sequence given `seed`.
+        noise = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True)
+        train = tf.data.Dataset.zip((train, noise)).map(
+            lambda x, s: _binarize(_to_unit(name, x), s, seed),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    else:
+        train = train.map(lambda x: _to_unit(name, x), num_parallel_calls=tf.data.AUTOTUNE,
+                          deterministic=True)
+
+    def evaluation(split):
+        x = _preprocessed(builder, name, split)
+        ds = tf.data.Dataset.from_tensor_slices(x).batch(eval_batch_size, drop_remainder=False)
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+    return Splits(train.prefetch(tf.data.AUTOTUNE), evaluation("validation"), evaluation("test"),
+                  info)
+
+
+def as_numpy(name: str, split: str, *, data_dir=None, manual_dir=None, seed: int = 0) -> np.ndarray:
+    """One whole split as float32 [N, H, W, 1] in [0, 1], preprocessed as in `load`.
+
+    Images are in file order (increasing TFDS `index`). For dynamic_mnist and omniglot, the
+    `train` split is returned grey (it is binarised per batch in `load`) and validation/test
+    binarised with the fixed EVAL_BINARIZATION_SEED, i.e. exactly the images `load` yields.
+
+    Args:
+      seed: accepted for symmetry with `load`; it does not change the result, since nothing
+        here is random except the fixed evaluation binarisation.
+    """
+    get_info(name)
+    _seed(seed)
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    return _preprocessed(_prepared_builder(name, data_dir, manual_dir), name, split)
+
+
+def available(*, data_dir=None, manual_dir=None) -> list[str]:
+    """Datasets that are prepared in `data_dir` or whose original files can all be found.
+
+    Only looks at the disk (no download), e.g. to choose what `prepare` builds by default.
+    """
+    return [n for n in NAMES if not _missing_files(_builder(n, data_dir), manual_dir)]
+
+
+def prepare(names: Sequence[str] | None = None, *, data_dir=None, manual_dir=None,
+            overwrite: bool = False, echo: Callable[[str], None] = print) -> dict[str, float]:
+    """Prepare the TFDS data of `names` ahead of time, with progress output.
+
+    Args:
+      names: datasets to prepare; default every dataset in `available()` (the others are
+        listed as skipped, with the files they lack).
+      overwrite: rebuild datasets that are already prepared.
+      echo: where progress lines go.
+
+    Returns:
+      {name: seconds} for the datasets built or found prepared.
+
+    Raises:
+      DataError: after trying all of them, if any dataset failed (each failure is echoed).
+    """
+    explicit = names is not None
+    names = list(NAMES if names is None else names)
+    for n in names:
+        get_info(n)
+    todo = []
+    for n in names:
+        missing = _missing_files(_builder(n, data_dir), manual_dir)
+        if missing and not explicit:
+            echo(f"skip {n}: not found: {', '.join(missing)}")
+        else:
+            todo.append(n)
+    timings, failures = {}, []
+    for i, n in enumerate(todo, 1):
+        builder = _builder(n, data_dir)
+        echo(f"[{i}/{len(todo)}] {n} -> {builder.data_dir}")
+        start = time.perf_counter()
+        if builder.is_prepared() and not overwrite:
+            echo("    already prepared; reusing it")
+        else:
+            try:
+                _prepare(builder, manual_dir, overwrite)
+            except DataError as e:
+                echo(f"    FAILED: {e}")
+                failures.append(n)
+                continue
+        timings[n] = time.perf_counter() - start
+        sizes = ", ".join(f"{s} {builder.info.splits[s].num_examples}" for s in SPLITS)
+        echo(f"    done in {timings[n]:.1f} s ({sizes})")
+    if failures:
+        raise DataError(f"could not prepare {', '.join(failures)} (see the messages above)")
+    return timings
+
+
+# ----------------------------------------------------------------------------- internals
+
+def _positive_int(what, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**62:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
+def _builder(name: str, data_dir):
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+    import tfvamp.datasets  # noqa: F401  pylint: disable=import-outside-toplevel  (registers)
+    return tfds.builder(get_info(name).builder_name, data_dir=data_dir)
+
+
+def _prepare(builder, manual_dir, overwrite: bool = False) -> None:
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+    mode = (tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if overwrite
+            else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
+    config = tfds.download.DownloadConfig(
+        manual_dir=manual_dir or os.environ.get(MANUAL_DIR_ENV) or None,
+        download_mode=mode, try_download_gcs=False)
+    try:
+        builder.download_and_prepare(download_config=config)
+    except DataError as e:
+        # Re-raise from here: the message says it all, the frames inside TFDS would not help.
+        raise type(e)(str(e)) from None
+
+
+def _prepared_builder(name, data_dir, manual_dir):
+    builder = _builder(name, data_dir)
+    if not builder.is_prepared():
+        _prepare(builder, manual_dir)
+    return builder
+
+
+def _missing_files(builder, manual_dir) -> list[str]:
+    """Names of the original files that cannot be found (empty when prepared)."""
+    from tfvamp.datasets import sources  # pylint: disable=import-outside-toplevel
+
+    if builder.is_prepared():
+        return []
+    bases = sources.search_bases(manual_dir, builder.data_dir_root / "downloads")
+    return [s.name for s in builder.SOURCES if sources.locate(s, bases) is None]
+
+
+# Stored arrays of the last few splits read, so that load + as_numpy (and repeated loads in one
+# process) read the TFDS files once. Small: the largest split is 50000 x 784 bytes.
+_CACHE: dict = {}
+_CACHE_SIZE = 4
+
+
+def _read_split(builder, name: str, split: str) -> np.ndarray:
+    """The split as stored by the builder ([N, H, W, 1], uint8 or float32), in `index` order."""
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+    key = (str(builder.data_path), split)
+    if key not in _CACHE:
+        arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, shuffle_files=False))
+        images = arrays["image"][np.argsort(arrays["index"], kind="stable")]
+        expected = get_info(name).num_examples[split]
+        if len(images) != expected:
+            raise DataError(f"{builder.data_path} holds {len(images)} {split} images of {name}, "
+                            f"expected {expected}; delete that folder and prepare it again")
+        images.setflags(write=False)
+        while len(_CACHE) >= _CACHE_SIZE:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = images
+    return _CACHE[key]
+
+
+def _to_unit(name: str, x: tf.Tensor) -> tf.Tensor:
+    """Stored images -> float32 in [0, 1] (grey for the dynamically binarised sets)."""
+    x = tf.cast(x, tf.float32)
+    if name == "dynamic_mnist":
+        return x / 255.0
+    if name == "frey_faces":
+        return (x + 0.5) / 256.0
+    if name == "histopathology":
+        return tf.clip_by_value(x, 1.0 / 512.0, 1.0 - 1.0 / 512.0)
+    return x  # static_mnist and caltech101_silhouettes are 0/1, omniglot grey in [0, 1]
+
+
+def _binarize(grey: tf.Tensor, noise_seed: tf.Tensor, seed: int) -> tf.Tensor:
+    """pixel ~ Bernoulli(grey) with stateless noise seeded by (per-batch seed, `seed`)."""
+    u = tf.random.stateless_uniform(
+        tf.shape(grey), seed=tf.stack([noise_seed, tf.constant(seed, tf.int64)]), dtype=tf.float32)
+    return tf.cast(u < grey, tf.float32)
+
+
+def _preprocessed(builder, name: str, split: str) -> np.ndarray:
+    """float32 [N, H, W, 1] as `load` yields it (validation/test binarised for dynamic sets)."""
+    x = _to_unit(name, _read_split(builder, name, split)).numpy()
+    if split == "train" or not get_info(name).dynamic_binarization:
+        return x
+    # The release: np.random.seed(777); x_val = binomial(1, x_val); x_test = binomial(1, x_test).
+    # The test draw follows the validation draw in the same stream, so replay both.
+    grey_val = x if split == "validation" else _to_unit(
+        name, _read_split(builder, name, "validation")).numpy()
+    rs = np.random.RandomState(EVAL_BINARIZATION_SEED)
+    val = rs.binomial(1, grey_val).astype(np.float32)
+    return val if split == "validation" else rs.binomial(1, x).astype(np.float32)
