@@ -5,3 +5,44 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _SHARED_DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
 if os.path.isdir(_SHARED_DATA):
     os.environ.setdefault("TFVAMP_MANUAL_DIR", _SHARED_DATA)
+
+# ---- data (tfvamp.datasets / tfvamp.data) ---------------------------------------------------
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+# Tests never touch the network: a missing data file fails at once instead of being downloaded.
+os.environ.setdefault("TFVAMP_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """The folder with the original data files (../shared/data), or skip."""
+    if not os.path.isdir(_SHARED_DATA):
+        pytest.skip(f"no data folder at {_SHARED_DATA}")
+    return pathlib.Path(_SHARED_DATA)
+
+
+@pytest.fixture(scope="session")
+def real_data_dir(tmp_path_factory, shared_data):
+    """`get(name)` -> a TFDS data_dir holding dataset `name` built from the real files.
+
+    Each dataset is built on first use, once per session, by the real builders from
+    ../shared/data; a dataset whose original files are absent is skipped with the reason.
+    """
+    from tfvamp import data  # pylint: disable=import-outside-toplevel
+
+    data_dir = tmp_path_factory.mktemp("tfds_real")
+    built = {}
+
+    def get(name):
+        if name not in built:
+            builder = data._builder(name, data_dir)  # pylint: disable=protected-access
+            missing = data._missing_files(builder, shared_data)  # pylint: disable=protected-access
+            if missing:
+                pytest.skip(f"{name}: original file(s) {', '.join(missing)} not in {shared_data}")
+            data.prepare([name], data_dir=data_dir, manual_dir=shared_data, echo=lambda _: None)
+            built[name] = str(data_dir)
+        return built[name]
+
+    return get

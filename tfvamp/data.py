@@ -227,6 +227,8 @@ def prepare(names: Sequence[str] | None = None, *, data_dir=None, manual_dir=Non
         if builder.is_prepared() and not overwrite:
             echo("    already prepared; reusing it")
         else:
+            for path in _found_files(builder, manual_dir):
+                echo(f"    from {path}")
             try:
                 _prepare(builder, manual_dir, overwrite)
             except DataError as e:
@@ -284,14 +286,20 @@ def _prepared_builder(name, data_dir, manual_dir):
     return builder
 
 
-def _missing_files(builder, manual_dir) -> list[str]:
-    """Names of the original files that cannot be found (empty when prepared)."""
+def _found_files(builder, manual_dir) -> list:
+    """Where each original file of `builder` is (None where it cannot be found), no download."""
     from tfvamp.datasets import sources  # pylint: disable=import-outside-toplevel
 
+    bases = sources.search_bases(manual_dir, builder.data_dir_root / "downloads")
+    return [sources.locate(s, bases) for s in builder.SOURCES]
+
+
+def _missing_files(builder, manual_dir) -> list[str]:
+    """Names of the original files that cannot be found (empty when prepared)."""
     if builder.is_prepared():
         return []
-    bases = sources.search_bases(manual_dir, builder.data_dir_root / "downloads")
-    return [s.name for s in builder.SOURCES if sources.locate(s, bases) is None]
+    found = _found_files(builder, manual_dir)
+    return [s.name for s, path in zip(builder.SOURCES, found) if path is None]
 
 
 # Stored arrays of the last few splits read, so that load + as_numpy (and repeated loads in one

@@ -324,8 +324,8 @@ def parse_idx(found: FoundFile, raw: bytes, expected_shape: tuple[int, ...]) -> 
     payload = len(raw) - header
     if payload < size:
         found.fail(CorruptFileError,
-                   f"is truncated: its header announces {'x'.join(map(str, dims))} bytes of data, "
-                   f"but only {payload} of {size} are there")
+                   f"is truncated: its header announces {'x'.join(map(str, dims))} values "
+                   f"({size} bytes), but only {payload} bytes follow")
     if payload > size:
         found.fail(CorruptFileError, f"has {payload - size} bytes after the announced data")
     if tuple(dims) != tuple(expected_shape):
@@ -364,7 +364,9 @@ class _ArrayUnpickler(pickle.Unpickler):
 
     _ALLOWED = {
         ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
+        ("numpy._core.numeric", "_frombuffer"),  # numpy arrays, pickle protocol 5
         ("numpy", "ndarray"), ("numpy", "dtype"), ("copyreg", "_reconstructor"),
+        ("_codecs", "encode"),  # bytes in Python 3 pickles of protocol < 3
         ("builtins", "list"), ("builtins", "dict"), ("builtins", "tuple"), ("builtins", "object"),
     }
 
