@@ -17,6 +17,7 @@ import inspect
 import json
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -98,14 +99,18 @@ def benchmark():
     dataset = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
     chunk = FLAGS.chunk_size or None
     evaluation.evaluate(model, dataset.take(1), num_samples=2, chunk_size=chunk, progress=False)  # tracing
+    cpu = time.process_time()
     summary, _ = evaluation.evaluate(model, dataset, num_samples=FLAGS.eval_samples, chunk_size=chunk,
                                      progress=FLAGS.progress)
+    cpu = time.process_time() - cpu  # all threads: robust to other processes sharing the cores
     used_chunk = chunk or model.default_chunk_size(min(batch_size, FLAGS.benchmark_images), FLAGS.eval_samples)
     print(json.dumps({"model": FLAGS.benchmark_model, "prior": FLAGS.benchmark_prior,
                       "num_components": FLAGS.benchmark_components, "num_samples": FLAGS.eval_samples,
                       "batch_size": batch_size, "chunk_size": used_chunk, "images": summary["num_examples"],
                       "seconds": round(summary["seconds"], 2),
                       "images_per_second": round(summary["images_per_second"], 3),
+                      "cpu_seconds_per_image": round(cpu / summary["num_examples"], 4),
+                      "load_average": os.getloadavg()[0],
                       "tensorflow": tf.__version__, "cpu_count": os.cpu_count(), "machine": platform.processor()
                       or platform.machine()}, indent=2))
 
