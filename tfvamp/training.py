@@ -105,14 +105,15 @@ class EarlyStopping:
 def resolve_jit(setting, model_name, num_replicas=1):
     """The jit_compile decision: 'true'/'false' as given, 'auto' from `JIT_DEFAULTS`.
 
-    PixelHVAE's synchronised batch norm all-reduces inside the forward pass; XLA cannot
-    compile collectives on CPU, so it is never compiled with several replicas.
+    PixelHVAE is never compiled: its synchronised batch norm all-reduces (a `merge_call`)
+    inside the forward pass, which a nested XLA function cannot contain, with any number of
+    replicas.
     """
     setting = str(setting).lower()
     jit = JIT_DEFAULTS.get(model_name, False) if setting == "auto" else setting == "true"
-    if jit and model_name == "pixelhvae" and num_replicas > 1:
-        logging.warning("jit_compile is off for pixelhvae with %d replicas: its synchronised batch norm "
-                        "all-reduces inside the step.", num_replicas)
+    if jit and model_name == "pixelhvae":
+        logging.warning("jit_compile is off for pixelhvae: its synchronised batch norm all-reduces inside "
+                        "the step, which XLA cannot compile.")
         jit = False
     return jit
 
@@ -169,12 +170,17 @@ class Trainer:
         image batches (needed by `fit`, not to build).
       pseudo_inputs_data: training images `[N >= K, H, W, 1]` for `vampprior_data` (or the
         `data` initialisation of the other VampPriors).
+      train_for_epoch: optional `epoch -> dataset` giving each (1-based) epoch's training
+        batches; default: iterate `splits.train` again every epoch. `train` passes one that
+        seeds the order (and binarisation) with the epoch, so a resumed run sees the same
+        batches as an uninterrupted one.
     """
 
-    def __init__(self, config, strategy=None, splits=None, pseudo_inputs_data=None):
+    def __init__(self, config, strategy=None, splits=None, pseudo_inputs_data=None, train_for_epoch=None):
         self.config = dict(config)
         self.strategy = strategy or distribute.make_strategy(config["strategy"])
         self.splits = splits
+        self.train_for_epoch = train_for_epoch or (lambda epoch: self.splits.train)
         self.model_dir = config["model_dir"]
         self.num_replicas = int(self.strategy.num_replicas_in_sync)
         self.global_batch = int(config["batch_size"])
@@ -361,7 +367,7 @@ class Trainer:
             return 0
         self.checkpoint.restore(path).assert_existing_objects_matched()
         lr = float(self.config["lr"])
-        if not math.isclose(float(keras.ops.convert_to_numpy(self.optimizer.learning_rate)), lr):
+        if not math.isclose(float(self.optimizer.learning_rate.numpy()), lr, rel_tol=1e-6):
             logging.warning("--lr changed on resume: now %g.", lr)
         self.optimizer.learning_rate.assign(lr)
         return int(self.epoch.numpy())
@@ -443,7 +449,7 @@ class Trainer:
             for epoch in range(start_epoch, epochs + 1):
                 epoch_start = time.perf_counter()
                 self.beta.assign(warmup_beta(epoch, config["warmup_epochs"]))
-                train, num_steps, train_seconds = self.train_epoch(epoch, self.splits.train, steps)
+                train, num_steps, train_seconds = self.train_epoch(epoch, self.train_for_epoch(epoch), steps)
                 if not np.all(np.isfinite(train)):
                     last = tf.train.latest_checkpoint(self.checkpoint_dir)
                     raise TrainingDiverged(
@@ -473,7 +479,7 @@ class Trainer:
                                         ("validation/reconstruction", val[1]), ("validation/kl", val[2]),
                                         ("train/beta", float(self.beta.numpy())),
                                         ("train/learning_rate",
-                                         float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))),
+                                         float(self.optimizer.learning_rate.numpy())),
                                         ("time/epoch_seconds", epoch_seconds),
                                         ("time/examples_per_second", examples / max(train_seconds, 1e-9)),
                                         ("early_stopping/counter", stopper.counter),
@@ -525,19 +531,36 @@ def _check_resume(model_dir, config):
                          "for a new run; the same settings resume the old one.")
 
 
+def epoch_seed(seed, epoch):
+    """The data seed of (1-based) `epoch`: training order and binarisation depend on the run's
+    seed and the epoch only, not on how many epochs this process has run."""
+    return (int(seed) * 1_000_003 + int(epoch)) % (2 ** 31 - 1)
+
+
 def load_data(config):
-    """The run's `tfvamp.data.Splits` and, when the prior needs them, the training images."""
+    """The run's data: (splits, train_for_epoch, pseudo_inputs_data).
+
+    `train_for_epoch(epoch)` is the training set of that epoch (`tfvamp.data.load` with
+    `epoch_seed`; the arrays are cached, so this is cheap). `pseudo_inputs_data` holds all
+    training images when the prior needs them (`vampprior_data`, or `--pseudo_inputs_init=data`),
+    else None.
+    """
     from tfvamp import data  # pylint: disable=import-outside-toplevel
-    splits = data.load(config["dataset"], config["batch_size"], eval_batch_size=config["eval_batch_size"],
-                       data_dir=config["data_dir"], manual_dir=config["manual_dir"], seed=config["seed"],
-                       shuffle_train=True, drop_remainder=True)
+    options = dict(eval_batch_size=config["eval_batch_size"], data_dir=config["data_dir"],
+                   manual_dir=config["manual_dir"], shuffle_train=True, drop_remainder=True)
+    splits = data.load(config["dataset"], config["batch_size"], seed=config["seed"], **options)
+
+    def train_for_epoch(epoch):
+        return data.load(config["dataset"], config["batch_size"], seed=epoch_seed(config["seed"], epoch),
+                         **options).train
+
     pseudo_inputs_data = None
     if config["prior"] == "vampprior_data" or (
             config["prior"] in ("vampprior", "weighted_vampprior") and config["pseudo_inputs_init"] == "data"):
         # All training images: build_model draws K of them at random, seeded by --seed.
         pseudo_inputs_data = data.as_numpy(config["dataset"], "train", data_dir=config["data_dir"],
                                            manual_dir=config["manual_dir"])
-    return splits, pseudo_inputs_data
+    return splits, train_for_epoch, pseudo_inputs_data
 
 
 def evaluate_and_export(config, test_dataset, summary=None):
@@ -545,7 +568,8 @@ def evaluate_and_export(config, test_dataset, summary=None):
 
     Writes `results.json` (`test`: `tfvamp.evaluation.evaluate`'s summary; `training`: how
     training ended), TensorBoard scalars `test/...` and pictures (`<model_dir>/pictures` and
-    TensorBoard `test/...` images), then a SavedModel at `config['export_dir']` (when
+    TensorBoard `test_images/...`; a separate prefix, since the pictures include a histogram
+    called `log_likelihood`), then a SavedModel at `config['export_dir']` (when
     `config['export']`). Returns the results dict.
     """
     model_dir = config["model_dir"]
@@ -567,7 +591,7 @@ def evaluate_and_export(config, test_dataset, summary=None):
     evaluation.write_pictures(model, images, os.path.join(model_dir, "pictures"),
                               log_likelihoods=per_example["log_likelihood"], writer=writer, step=step,
                               num_samples=min(int(config["num_images"]), 16 if pixel else 64),
-                              seed=int(config["seed"]), prefix="test")
+                              seed=int(config["seed"]), prefix="test_images")
     writer.close()
     with open(path) as f:
         results = json.load(f)
@@ -578,8 +602,11 @@ def evaluate_and_export(config, test_dataset, summary=None):
     return results
 
 
-def train(config, strategy=None, splits=None, pseudo_inputs_data=None):
+def train(config, strategy=None, splits=None, pseudo_inputs_data=None, train_for_epoch=None):
     """Runs (or resumes) a whole training run described by a validated `config`.
+
+    `splits` (and `train_for_epoch`, `pseudo_inputs_data`) default to the config's dataset
+    (`load_data`); pass them to train on other data.
 
     Returns the results dict (also in `<model_dir>/results.json` when evaluated).
     Raises `TrainingDiverged` on a non-finite training loss.
@@ -591,9 +618,9 @@ def train(config, strategy=None, splits=None, pseudo_inputs_data=None):
     if is_chief:
         checkpointing.save_config(model_dir, config)
     if splits is None:
-        splits, loaded = load_data(config)
+        splits, train_for_epoch, loaded = load_data(config)
         pseudo_inputs_data = loaded if pseudo_inputs_data is None else pseudo_inputs_data
-    trainer = Trainer(config, strategy, splits, pseudo_inputs_data)
+    trainer = Trainer(config, strategy, splits, pseudo_inputs_data, train_for_epoch)
     print(f"Training {config['model']} + {config['prior']} on {config['dataset']} with "
           f"{type(strategy).__name__} ({trainer.num_replicas} replica(s){', XLA' if trainer.jit_compile else ''}) "
           f"into {model_dir}", flush=True)
@@ -616,28 +643,34 @@ def train(config, strategy=None, splits=None, pseudo_inputs_data=None):
 
 
 # ---- XLA measurement --------------------------------------------------------------------------
-def benchmark_step(config, steps=20, jit_options=(False, True), strategy=None):
+def benchmark_step(config, steps=20, rounds=5, strategy=None):
     """Times the train step with and without XLA on random data of the dataset's shape.
 
-    Returns {jit: seconds per step} (the first, compiling, call excluded).
+    Both variants are built and compiled first, then timed in alternating rounds of `steps`
+    steps (so a busy machine slows both alike); the best round counts.
+
+    Returns:
+      {jit_compile (bool): seconds per step}.
     """
     strategy = strategy or distribute.make_strategy(config["strategy"])
     shape = [config["batch_size"]] + list(config["input_shape"])
-    rng = np.random.default_rng(0)
-    images = rng.random(shape).astype(np.float32)
+    images = np.random.default_rng(0).random(shape).astype(np.float32)
     if config["likelihood"] == "bernoulli":
         images = (images > 0.5).astype(np.float32)
     images = tf.constant(images)
-    timings = {}
-    for jit in jit_options:
+    trainers = {}
+    for jit in (False, True):
         trainer = Trainer(dict(config, jit_compile="true" if jit else "false"), strategy)
-        if trainer.jit_compile != jit:
-            continue
-        trainer.train_step(images).numpy()  # trace and compile
-        trainer.train_step(images).numpy()
-        start = time.perf_counter()
-        for _ in range(int(steps)):
-            out = trainer.train_step(images)
-        out.numpy()
-        timings[jit] = (time.perf_counter() - start) / int(steps)
+        if trainer.jit_compile == jit:
+            trainers[jit] = trainer
+            for _ in range(3):  # trace, compile, warm up
+                trainer.train_step(images).numpy()
+    timings = {jit: math.inf for jit in trainers}
+    for _ in range(int(rounds)):
+        for jit, trainer in trainers.items():
+            start = time.perf_counter()
+            for _ in range(int(steps)):
+                out = trainer.train_step(images)
+            out.numpy()
+            timings[jit] = min(timings[jit], (time.perf_counter() - start) / int(steps))
     return timings
