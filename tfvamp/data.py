@@ -209,7 +209,7 @@ def prepare(names: Sequence[str] | None = None, *, data_dir=None, manual_dir=Non
       DataError: after trying all of them, if any dataset failed (each failure is echoed).
     """
     explicit = names is not None
-    names = list(NAMES if names is None else names)
+    names = [names] if isinstance(names, str) else list(NAMES if names is None else names)
     for n in names:
         get_info(n)
     todo = []
@@ -224,7 +224,7 @@ def prepare(names: Sequence[str] | None = None, *, data_dir=None, manual_dir=Non
         builder = _builder(n, data_dir)
         echo(f"[{i}/{len(todo)}] {n} -> {builder.data_dir}")
         start = time.perf_counter()
-        if builder.is_prepared() and not overwrite:
+        if _is_prepared(builder) and not overwrite:
             echo("    already prepared; reusing it")
         else:
             for path in _found_files(builder, manual_dir):
@@ -279,9 +279,14 @@ def _prepare(builder, manual_dir, overwrite: bool = False) -> None:
         raise type(e)(str(e)) from None
 
 
+def _is_prepared(builder) -> bool:
+    # What builder.is_prepared() checks, without its warning for every unprepared folder.
+    return (builder.data_path / "dataset_info.json").exists()
+
+
 def _prepared_builder(name, data_dir, manual_dir):
     builder = _builder(name, data_dir)
-    if not builder.is_prepared():
+    if not _is_prepared(builder):
         _prepare(builder, manual_dir)
     return builder
 
@@ -296,7 +301,7 @@ def _found_files(builder, manual_dir) -> list:
 
 def _missing_files(builder, manual_dir) -> list[str]:
     """Names of the original files that cannot be found (empty when prepared)."""
-    if builder.is_prepared():
+    if _is_prepared(builder):
         return []
     found = _found_files(builder, manual_dir)
     return [s.name for s, path in zip(builder.SOURCES, found) if path is None]
