@@ -250,6 +250,17 @@ def test_bad_download_is_deleted(isolated, shared_data, monkeypatch, tmp_path):
     assert_nothing_built(data_dir)
 
 
+def test_bad_file_in_download_cache_is_deleted(isolated, shared_data):
+    # E.g. a run killed between downloading and verifying: the cache is ours, so clean it.
+    manual, data_dir = isolated
+    cached = data_dir / "downloads" / "tfvamp" / "Freyfaces" / "freyfaces.pkl"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes((shared_data / "Freyfaces" / "freyfaces.pkl").read_bytes()[:5000])
+    with pytest.raises(D.CorruptFileError, match="deleted"):
+        build("frey_faces", manual, data_dir)
+    assert not cached.exists()
+
+
 # ----------------------------------------------------------------------------- OMNIGLOT / histopathology on small files
 
 def test_omniglot_small_file_end_to_end(isolated):

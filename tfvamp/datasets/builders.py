@@ -137,7 +137,7 @@ class _TfvampBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     # TFDS 4.9.x computes this via `importlib_resources`, which it only declares as a
     # dependency for Python < 3.9 (tensorflow/datasets#11212): building then fails with
-    # ModuleNotFoundError. The answer is simply this file.
+    # ModuleNotFoundError. Return this builder's source file directly.
     @tfds.core.utils.classproperty
     @classmethod
     def code_path(cls) -> epath.Path:

@@ -219,7 +219,10 @@ def fetch(source: SourceFile, bases: Sequence[Path], download_dir, builder: str)
     path = locate(source, bases)
     if path is not None:
         logging.info("%s: using %s", builder, path)
-        return FoundFile(path, source, builder)
+        # A file in our download cache is ours to delete if it turns out bad (e.g. a run was
+        # killed between downloading and verifying); the user's files never are.
+        cached = download_dir is not None and download_cache_dir(download_dir).absolute() in path.parents
+        return FoundFile(path, source, builder, downloaded=cached)
 
     failures = []
     if _env_flag(OFFLINE_ENV):
