@@ -17,6 +17,9 @@ setup(
         "tensorflow-probability>=0.25,<0.26",
         "keras>=3.10,<3.13",
         "tensorflow-datasets>=4.9.9,<4.10",
+        # TFDS 4.9.x imports it when building datasets defined outside its package
+        # (tensorflow/datasets#11212).
+        "importlib_resources>=6",
         "numpy>=1.26,<3",
         "absl-py>=2.1",
         "scipy>=1.11",
