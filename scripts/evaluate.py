@@ -152,10 +152,10 @@ def main(argv):
     prefix = f"eval_{split}"
     evaluation.write_summaries(writer, summary, step=0, prefix=prefix)
     if FLAGS.pictures:
-        originals = next(iter(dataset))
-        originals = originals[0] if isinstance(originals, (tuple, list)) else originals
+        # Random (seeded) images of the split: test sets may be sorted by class.
+        originals = evaluation.pick_images(dataset, FLAGS.num_reconstructions, summary["num_examples"], FLAGS.seed)
         paths = evaluation.write_pictures(
-            model, originals.numpy()[:FLAGS.num_reconstructions], os.path.join(model_dir, "pictures"),
+            model, originals, os.path.join(model_dir, "pictures"),
             log_likelihoods=per_example["log_likelihood"], writer=writer, step=0,
             num_samples=FLAGS.num_pictures, num_reconstructions=FLAGS.num_reconstructions,
             num_pseudo_inputs=FLAGS.num_pseudo_inputs, samples_per_pseudo_input=FLAGS.samples_per_pseudo_input,

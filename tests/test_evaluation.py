@@ -201,6 +201,15 @@ def test_samples_from_pseudo_inputs(trained):
         evaluation.samples_from_pseudo_inputs(standard, [0])
 
 
+def test_pick_images_spreads_over_the_dataset():
+    x = np.arange(50, dtype=np.float32).reshape(50, 1, 1, 1) / 50  # image i holds i / 50
+    picked = evaluation.pick_images(_dataset(x, 16), 6, 50, seed=3)
+    values = np.round(picked.ravel() * 50).astype(int)
+    expected = np.sort(np.random.default_rng(3).choice(50, 6, replace=False))
+    np.testing.assert_array_equal(values, expected)
+    assert evaluation.pick_images(_dataset(x, 16), 80, 50).shape == (50, 1, 1, 1)
+
+
 def _event_tags(directory):
     tags = set()
     for path in glob.glob(os.path.join(directory, "events.out.tfevents.*")):

@@ -183,6 +183,25 @@ def evaluate(model, dataset, *, num_samples=5000, chunk_size=None, progress=True
     return summary, per_example
 
 
+def pick_images(dataset, num, num_examples, seed=0):
+    """`num` images at seeded random positions of a dataset of `num_examples` images, in order.
+
+    For pictures: test sets can be sorted by class (static MNIST's is), so the first batch
+    would show a single digit.
+    """
+    num = min(int(num), int(num_examples))
+    wanted = np.sort(np.random.default_rng(seed).choice(int(num_examples), num, replace=False))
+    picked, offset = [], 0
+    for x in _batches(dataset):
+        x = x.numpy()
+        local = wanted[(wanted >= offset) & (wanted < offset + len(x))] - offset
+        picked.append(x[local])
+        offset += len(x)
+        if offset > wanted[-1]:
+            break
+    return np.concatenate(picked, 0)
+
+
 def choose_pseudo_inputs(model, num, seed=0):
     """`num` distinct pseudo-input indices for figures: the heaviest components for the
     weighted VampPrior, a seeded random choice otherwise (never simply the first ones)."""
