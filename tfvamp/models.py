@@ -6,8 +6,9 @@
 * `PixelHVAE`: ConvHVAE encoders with a PixelCNN decoder (autoregressive over pixels).
 
 Every model shares one objective and one estimator, written once in `LatentVariableModel`:
-a model only says how it draws its latents and scores them (`_terms`), how it encodes to the
-prior's latent (`_encode_top`) and how it generates (`_generate`).
+a model only says what it computes from x once (`_encode_x`), how it draws its latents and
+scores them (`_terms`), how it encodes to the prior's latent (`_encode_top`) and how it
+generates (`_generate`).
 
 Shapes: images are `[B, H, W, C]` float32 in [0, 1]. `S` importance samples of every latent
 are laid out sample-major as `[S * B, ...]` inside the networks, and `[S, B]` in the log-weights.
@@ -172,10 +173,15 @@ class LatentVariableModel(keras.Model):
         """q(top latent | x): images `[N, H, W, C]` -> (mean, logvar) `[N, D_top]`."""
         raise NotImplementedError
 
-    def _terms(self, x, num_samples, prior, noise_fn, training, prior_dtype=None):
+    def _encode_x(self, x):
+        """What q needs from x that does not depend on the sample: a dict of `[B, ...]` tensors."""
+        raise NotImplementedError
+
+    def _terms(self, x, encoded, num_samples, prior, noise_fn, training, prior_dtype=None):
         """Draws `num_samples` latents per image from q and scores them.
 
-        `prior_dtype`: the dtype of the prior's mixture log-density (float64 in the importance
+        `encoded` is `_encode_x(x)`, computed once per batch (the importance sampler reuses it
+        for every chunk). `prior_dtype`: the dtype of the prior's mixture log-density (float64 in the importance
         sampler, where the matmul expansion of `priors.mixture_log_prob` could cancel).
 
         Returns (log p(x|z), log q(z|x), log p(z)), each `[S, B]`.
@@ -238,7 +244,7 @@ class LatentVariableModel(keras.Model):
           (summed over latent layers), `loss` = reconstruction + beta * kl.
         """
         x = self._check_input(x)
-        log_px, log_q, log_p = self._terms(x, 1, self.prior(), noise_fn, training)
+        log_px, log_q, log_p = self._terms(x, self._encode_x(x), 1, self.prior(), noise_fn, training)
         reconstruction, kl = -log_px[0], log_q[0] - log_p[0]
         beta = tf.cast(beta, reconstruction.dtype)
         return {"loss": reconstruction + beta * kl, "reconstruction": reconstruction, "kl": kl}
@@ -277,11 +283,12 @@ class LatentVariableModel(keras.Model):
     @tf.function(reduce_retracing=True)
     def _log_likelihood_graph(self, x, num_samples, chunk):
         prior = self.prior()
+        encoded = self._encode_x(x)
         num_chunks = (num_samples + chunk - 1) // chunk
         acc0 = tf.fill(tf.shape(x)[:1], tf.constant(-np.inf, tf.float64))
 
         def body(i, acc):
-            log_px, log_q, log_p = self._terms(x, chunk, prior, None, False, tf.float64)
+            log_px, log_q, log_p = self._terms(x, encoded, chunk, prior, None, False, tf.float64)
             log_w = tf.cast(log_px + log_p - log_q, tf.float64)  # [chunk, B]
             # The last chunk may run past S: mask its extra samples out.
             valid = tf.range(chunk) + i * chunk < num_samples
@@ -347,8 +354,12 @@ class VAE(LatentVariableModel):
     def _decode(self, z):
         return self.p_x_head(self.p_x(z))
 
-    def _terms(self, x, num_samples, prior, noise_fn, training, prior_dtype=None):
+    def _encode_x(self, x):
         mean, logvar = self._encode_top(x)
+        return {"mean": mean, "logvar": logvar}
+
+    def _terms(self, x, encoded, num_samples, prior, noise_fn, training, prior_dtype=None):
+        mean, logvar = encoded["mean"], encoded["logvar"]
         z = self._reparameterize(mean, logvar, num_samples, noise_fn)
         log_px = self._log_px(self._decode(z), x, num_samples)
         log_q = log_normal_diag(z, _tile(mean, num_samples), _tile(logvar, num_samples))
@@ -420,11 +431,15 @@ class HVAE(LatentVariableModel):
         """Likelihood parameters `[N, H, W, C]` from z1, z2 `[N, D]` (x: PixelHVAE's context)."""
         return self.p_x_head(self.p_x_joint(tf.concat([self.p_x_z1(z1), self.p_x_z2(z2)], -1)))
 
-    def _terms(self, x, num_samples, prior, noise_fn, training, prior_dtype=None):
+    def _encode_x(self, x):
         mean2, logvar2 = self._encode_top(x)
+        # x's branch of q(z1|x,z2) does not depend on the sample either.
+        return {"mean2": mean2, "logvar2": logvar2, "x_features": self.q_z1_x(x)}
+
+    def _terms(self, x, encoded, num_samples, prior, noise_fn, training, prior_dtype=None):
+        mean2, logvar2 = encoded["mean2"], encoded["logvar2"]
         z2 = self._reparameterize(mean2, logvar2, num_samples, noise_fn)
-        # x's branch of q(z1|x,z2) does not depend on the sample: compute it once.
-        x_features = _tile(self.q_z1_x(x), num_samples)
+        x_features = _tile(encoded["x_features"], num_samples)
         mean1, logvar1 = self._q_z1(x_features, z2)
         z1 = tf.reshape(self._reparameterize(mean1, logvar1, 1, noise_fn), tf.shape(mean1))
         p_mean1, p_logvar1 = self._p_z1(z2)
