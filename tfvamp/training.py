@@ -246,15 +246,29 @@ class Trainer:
         sums = tf.stack([tf.reduce_sum(terms[k]) for k in ("loss", "reconstruction", "kl")])
         return grads, sums
 
-    def _replica_step(self, x_global):
+    def _local_grads(self, x_global):
+        """This replica's rows of the global batch -> (gradients, sums), noise from the step's seed."""
         replica_id = tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group, tf.int32)
         size = tf.concat([[self.local_batch], tf.shape(x_global)[1:]], 0)
         x = tf.slice(x_global, tf.concat([[replica_id * self.local_batch], tf.zeros([3], tf.int32)], 0), size)
         seed = tf.random.experimental.stateless_fold_in(self.noise_seed, self.optimizer.iterations)
-        grads, sums = self._grads_fn(x, seed, replica_id)
+        return self._grads_fn(x, seed, replica_id)
+
+    def _replica_step(self, x_global):
+        grads, sums = self._local_grads(x_global)
         # Keras sums the gradients over replicas, then AdamNormGrad normalises and steps.
         self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
         return sums
+
+    def global_gradients(self, x_global):
+        """The gradient of the next step's loss (mean over the global batch), summed over replicas
+        as the optimizer receives it; nothing is updated. For checking distributed runs."""
+        def fn(x):
+            grads, _ = self._local_grads(x)
+            return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
+
+        run = tf.function(lambda x: self.strategy.experimental_local_results(self.strategy.run(fn, (x,)))[0])
+        return [g.numpy() for g in run(tf.convert_to_tensor(x_global, tf.float32))]
 
     def _distributed_step(self, x_global):
         """One step on a global batch `[B, H, W, C]`: every replica takes its rows."""
