@@ -246,7 +246,7 @@ def test_pictures_as_png_and_tensorboard(trained, data, tmp_path):
     recon_grid = tf.io.decode_png(tf.io.read_file(paths["reconstructions"])).numpy()[1:1 + SHAPE[0], 1:1 + SHAPE[1]]
     np.testing.assert_array_equal(recon_grid, np.round(data[0] * 255).astype(np.uint8))
     tags = _event_tags(str(tmp_path / "tb"))
-    assert {f"eval/{n}" for n in names} | {"eval/log_likelihood"} <= tags
+    assert {f"eval/{n}" for n in names} | {"eval/per_example_log_likelihood"} <= tags
 
 
 def test_evaluate_script(trained, data, tmp_path):
@@ -284,4 +284,4 @@ def test_evaluate_script(trained, data, tmp_path):
                     "log_likelihood_histogram.png"}
     tags = _event_tags(str(run / "tensorboard" / "eval"))
     assert {"eval_test/log_likelihood", "eval_test/elbo", "eval_test/active_units_z",
-            "eval_test/samples", "eval_test/log_likelihood_histogram"} <= tags
+            "eval_test/samples", "eval_test/log_likelihood_histogram", "eval_test/per_example_log_likelihood"} <= tags

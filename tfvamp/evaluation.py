@@ -335,7 +335,8 @@ def write_pictures(model, images, picture_dir, *, log_likelihoods=None, writer=N
             os.path.join(picture_dir, "log_likelihood_histogram.png"), hist)
         if writer is not None:
             with writer.as_default():
-                tf.summary.histogram(f"{prefix}/log_likelihood", ll, step=step)
+                # Not "{prefix}/log_likelihood": write_summaries logs the mean under that tag.
+                tf.summary.histogram(f"{prefix}/per_example_log_likelihood", ll, step=step)
                 tf.summary.image(f"{prefix}/log_likelihood_histogram", hist[None].astype(np.float32) / 255.0,
                                  step=step)
     if writer is not None:
