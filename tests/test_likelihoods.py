@@ -83,6 +83,11 @@ def test_bernoulli_on_logits_matches_numpy():
     dist = likelihoods.distribution("bernoulli", [tf.constant(logits)])
     expected = (x * log_expit(logits) + (1 - x) * log_expit(-logits)).reshape(3, -1).sum(-1)
     np.testing.assert_allclose(dist.log_prob(x).numpy(), expected, rtol=1e-10)
+    # The fast path the models use, with x broadcast over a leading sample axis.
+    fast = likelihoods.log_prob("bernoulli", [tf.constant(np.stack([logits, -logits]))], x)
+    np.testing.assert_allclose(fast.numpy()[0], expected, rtol=1e-10)
+    flipped = (x * log_expit(-logits) + (1 - x) * log_expit(logits)).reshape(3, -1).sum(-1)
+    np.testing.assert_allclose(fast.numpy()[1], flipped, rtol=1e-10)
 
 
 def test_unknown_likelihood_names_the_choices():

@@ -220,7 +220,7 @@ class LatentVariableModel(keras.Model):
         """log p(x | params): params `[S * B, H, W, C]` each, x `[B, H, W, C]` -> `[S, B]`."""
         shape = tf.concat([[num_samples], tf.shape(x)], 0)
         params = [tf.reshape(p, shape) for p in params]
-        return likelihoods.distribution(self.likelihood_name, params).log_prob(x)
+        return likelihoods.log_prob(self.likelihood_name, params, x)
 
     def prior(self):
         """The prior over the top latent: a TFP distribution, batch `[]`, event `[D_top]`."""
