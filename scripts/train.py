@@ -17,6 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
 
 from tfvamp import flags as tflags  # noqa: E402
 
@@ -27,6 +28,8 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments {argv[1:]} (flags are --name=value).")
+    if not FLAGS["verbosity"].present:  # TF and TFDS log every save and shard at INFO; -v 0 shows it
+        logging.set_verbosity(logging.WARNING)
     try:
         config = tflags.config_from_flags(FLAGS)
     except ValueError as e:

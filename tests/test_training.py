@@ -359,3 +359,5 @@ def test_sigkill_then_rerun_resumes_with_identical_state(tmp_path, real_data_dir
     final = checkpoint_tensors(tf.train.latest_checkpoint(str(ckpt_dir)))
     assert final["epoch/.ATTRIBUTES/VARIABLE_VALUE"] == 6
     assert final["optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"] == 18  # no epoch run twice or skipped
+    # --checkpoints_to_keep=3 across both processes.
+    assert sorted(glob.glob(str(ckpt_dir / "*.index"))) == [str(ckpt_dir / f"ckpt-{e}.index") for e in (4, 5, 6)]

@@ -24,7 +24,6 @@ import math
 import os
 import time
 
-import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
@@ -455,9 +454,9 @@ class Trainer:
         if int(config["image_every_epochs"]):
             for x in self.splits.validation.take(1):
                 validation_images = x.numpy()
-        num_train = getattr(getattr(self.splits, "info", None), "num_examples", {}).get("train") \
-            if getattr(self.splits, "info", None) is not None else None
-        steps = self.steps_per_epoch(num_train) if num_train else None
+        info = getattr(self.splits, "info", None)
+        num_train = (getattr(info, "num_examples", None) or {}).get("train")
+        steps = self.steps_per_epoch(num_train) if num_train else None  # the progress bar's total
         reason = "max_epochs"
         try:
             for epoch in range(start_epoch, epochs + 1):
@@ -577,14 +576,13 @@ def load_data(config):
     return splits, train_for_epoch, pseudo_inputs_data
 
 
-def evaluate_and_export(config, test_dataset, summary=None):
-    """Evaluates the best weights of a run on the test set and exports them.
+def evaluate_best(config, test_dataset, summary=None):
+    """Evaluates the best weights of a run on the test set.
 
-    Writes `results.json` (`test`: `tfvamp.evaluation.evaluate`'s summary; `training`: how
-    training ended), TensorBoard scalars `test/...` and pictures (`<model_dir>/pictures` and
-    TensorBoard `test_images/...`; a separate prefix, since the pictures include a histogram
-    called `log_likelihood`), then a SavedModel at `config['export_dir']` (when
-    `config['export']`). Returns the results dict.
+    Writes `results.json` (`test`: `tfvamp.evaluation.evaluate`'s summary plus the best epoch;
+    `training`: how training ended), TensorBoard scalars `test/...`, and pictures
+    (`<model_dir>/pictures`, TensorBoard `test_images/...`; a prefix of their own, since the
+    pictures include a histogram called `log_likelihood`). Returns the results dict.
     """
     model_dir = config["model_dir"]
     summary = dict(summary or {})
@@ -610,10 +608,14 @@ def evaluate_and_export(config, test_dataset, summary=None):
     with open(path) as f:
         results = json.load(f)
     results["training"] = summary
-    if config["export"]:
-        results["saved_model"] = export.export_saved_model(model, config["export_dir"], config=config)
     _write_json(path, results)
     return results
+
+
+def export_best(config):
+    """Exports the best weights of a run as a SavedModel at `config['export_dir']`."""
+    model, _ = checkpointing.load_model(config["model_dir"], "best")
+    return export.export_saved_model(model, config["export_dir"], config=config)
 
 
 def train(config, strategy=None, splits=None, pseudo_inputs_data=None, train_for_epoch=None):
@@ -627,7 +629,7 @@ def train(config, strategy=None, splits=None, pseudo_inputs_data=None, train_for
     """
     strategy = strategy or distribute.make_strategy(config["strategy"])  # first: before any TF op
     model_dir = config["model_dir"]
-    task_type, task_id, is_chief = distribute.task_info(strategy)
+    is_chief = distribute.task_info(strategy)[2]
     _check_resume(model_dir, config)
     if is_chief:
         checkpointing.save_config(model_dir, config)
@@ -640,18 +642,24 @@ def train(config, strategy=None, splits=None, pseudo_inputs_data=None, train_for
           f"into {model_dir}", flush=True)
     summary = trainer.fit()
     results = {"training": summary}
-    results_path = os.path.join(model_dir, checkpointing.RESULTS_FILE)
-    if summary.get("already_complete") and os.path.exists(results_path):
-        print(f"Nothing left to do: results are in {results_path}", flush=True)
-        with open(results_path) as f:
+    results_file = os.path.join(model_dir, checkpointing.RESULTS_FILE)
+    if summary.get("already_complete") and os.path.exists(results_file):
+        print(f"Nothing left to do: results are in {results_file}", flush=True)
+        with open(results_file) as f:
             results = json.load(f)
-    elif is_chief and config["evaluate"]:
-        results = evaluate_and_export(config, splits.test, summary)
-        test = results["test"]
-        gray = f", {test['bits_per_dim']:.4f} bits/dim" if isinstance(test.get("bits_per_dim"), float) else ""
-        print(f"Test log-likelihood of the best model (epoch {summary['best_epoch']}): "
-              f"{test.get('log_likelihood')} nats{gray}; ELBO {test.get('elbo')}. "
-              f"Results in {os.path.join(model_dir, checkpointing.RESULTS_FILE)}", flush=True)
+    elif is_chief:
+        if config["evaluate"]:
+            results = evaluate_best(config, splits.test, summary)
+            test = results["test"]
+            gray = f", {test['bits_per_dim']:.4f} bits/dim" if isinstance(test.get("bits_per_dim"), float) else ""
+            print(f"Test log-likelihood of the best model (epoch {summary['best_epoch']}): "
+                  f"{test.get('log_likelihood')} nats{gray}; ELBO {test.get('elbo')}. Results in {results_file}",
+                  flush=True)
+        if config["export"]:
+            results["saved_model"] = export_best(config)
+            if config["evaluate"]:
+                _write_json(results_file, results)
+            print(f"SavedModel of the best model: {results['saved_model']}", flush=True)
     trainer._agree([0.0])  # pylint: disable=protected-access  # workers wait for the chief
     return results
 
