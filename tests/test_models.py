@@ -167,3 +167,24 @@ def test_pixelhvae_autoregressive_sampling_follows_the_conditionals():
     np.testing.assert_allclose(empirical, predicted, atol=4 * np.sqrt(0.25 / n))
     # The first pixel sees no data: its probability is the same for every sample.
     np.testing.assert_allclose(probs.reshape(n, -1)[:, 0], probs.reshape(n, -1)[0, 0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("model_name", tfvamp.MODELS)
+def test_bfloat16_hidden_layers_keep_float32_densities(model_name):
+    """Mixed precision: bf16 matmuls in the hidden layers, float32 variables and log-densities,
+    and the same objective as float32 up to bf16 rounding (same weights)."""
+    shape = (6, 5, 1) if model_name == "pixelhvae" else FREY
+    kw = dict(num_components=5, z1_size=6, z2_size=5, seed=1)
+    f32 = tfvamp.build_model(model_name, "vampprior", shape, "discretized_logistic", **kw)
+    bf16 = tfvamp.build_model(model_name, "vampprior", shape, "discretized_logistic", compute_dtype="bfloat16", **kw)
+    assert all(w.dtype == "float32" for w in bf16.weights)
+    for a, b in zip(bf16.weights, f32.weights):
+        a.assign(b)
+    x = _gray(3, shape)
+    exact = f32.loss_terms(x, noise_fn=tf.zeros)["loss"].numpy()
+    mixed = bf16.loss_terms(x, noise_fn=tf.zeros)["loss"]
+    assert mixed.dtype == tf.float32
+    np.testing.assert_allclose(mixed.numpy(), exact, rtol=0.05)
+    assert np.abs(mixed.numpy() - exact).max() > 0  # bf16 really ran
+    with pytest.raises(ValueError, match="compute_dtype"):
+        tfvamp.build_model("vae", "standard", shape, "bernoulli", compute_dtype="float16")

@@ -163,7 +163,8 @@ class MaskedConv2D(keras.layers.Layer):
         self._mask = tf.constant(pixelcnn_mask(self.kernel_size, self.mask_type, c_in, self.filters))
 
     def call(self, x):
-        h = tf.nn.conv2d(_pad(x, self.kernel_size // 2), self.kernel * self._mask, 1, "VALID")
+        kernel = tf.convert_to_tensor(self.kernel)
+        h = tf.nn.conv2d(_pad(x, self.kernel_size // 2), kernel * tf.cast(self._mask, kernel.dtype), 1, "VALID")
         return h if self.bias is None else h + self.bias
 
     def get_config(self):

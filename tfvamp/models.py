@@ -107,17 +107,20 @@ class ImageHead(keras.layers.Layer):
                 "image_shape": self.image_shape, "conv": self.conv}
 
 
-def _mlp(units, name, flatten=False):
+def _mlp(units, name, flatten=False, dtype=None):
     """Gated MLP stack; `flatten` first turns images `[N, H, W, C]` into `[N, H*W*C]`."""
-    stack = [keras.layers.Flatten()] if flatten else []
-    stack += [tl.GatedDense(u) for u in units]
+    stack = [keras.layers.Flatten(dtype=dtype)] if flatten else []
+    stack += [tl.GatedDense(u, dtype=dtype) for u in units]
     return keras.Sequential(stack, name=name)
 
 
-def _conv_stack(specs, name):
+def _conv_stack(specs, name, dtype=None):
     """Gated convolutions from (filters, kernel, stride) triples, then flatten."""
-    stack = [tl.GatedConv2D(f, k, s, padding=k // 2) for f, k, s in specs]
-    return keras.Sequential(stack + [keras.layers.Flatten()], name=name)
+    stack = [tl.GatedConv2D(f, k, s, padding=k // 2, dtype=dtype) for f, k, s in specs]
+    return keras.Sequential(stack + [keras.layers.Flatten(dtype=dtype)], name=name)
+
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 class LatentVariableModel(keras.Model):
@@ -132,15 +135,23 @@ class LatentVariableModel(keras.Model):
       pseudo_inputs_mean, pseudo_inputs_std: N(mean, std) initialisation of pseudo-inputs.
       pseudo_inputs_data: `[N >= K, H, W, C]` training images: the fixed pseudo-inputs of
         `vampprior_data` (required there), or the initialisation of `vampprior`.
-      seed: seeds the initialisers and the choice of data pseudo-inputs.
+      seed: seeds the choice of data pseudo-inputs and the prior's initialisers (seed the
+        rest with `keras.utils.set_random_seed`).
+      compute_dtype: 'float32', or 'bfloat16' for the hidden layers (mixed precision).
     """
 
     model_name = None
 
     def __init__(self, image_shape, prior="vampprior", likelihood="bernoulli", num_components=500,
                  z1_size=40, z2_size=40, pseudo_inputs_mean=0.05, pseudo_inputs_std=0.01,
-                 pseudo_inputs_data=None, seed=None, **kwargs):
+                 pseudo_inputs_data=None, seed=None, compute_dtype="float32", **kwargs):
         super().__init__(**kwargs)
+        if compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}.")
+        self.compute_dtype_name = compute_dtype
+        # bfloat16 runs the hidden layers' matmuls and convolutions in bfloat16 with float32
+        # variables; heads, densities and the prior stay float32.
+        self.hidden_dtype = "mixed_bfloat16" if compute_dtype == "bfloat16" else "float32"
         image_shape = tuple(int(d) for d in image_shape)
         if len(image_shape) != 3 or min(image_shape) < 1:
             raise ValueError(f"image_shape must be (height, width, channels) with positive sizes, got {image_shape}.")
@@ -325,7 +336,8 @@ class LatentVariableModel(keras.Model):
                 "likelihood": self.likelihood_name, "num_components": self.num_components,
                 "z1_size": self.z1_size, "z2_size": self.z2_size,
                 "pseudo_inputs_mean": self.pseudo_inputs_mean,
-                "pseudo_inputs_std": self.pseudo_inputs_std, "seed": self.seed}
+                "pseudo_inputs_std": self.pseudo_inputs_std, "seed": self.seed,
+                "compute_dtype": self.compute_dtype_name}
 
 
 @keras.saving.register_keras_serializable(package="tfvamp")
@@ -343,10 +355,10 @@ class VAE(LatentVariableModel):
         return {"z": self.z1_size}
 
     def _build_networks(self):
-        self.q_z = _mlp([HIDDEN, HIDDEN], "q_z", flatten=True)
-        self.q_z_head = GaussianHead(self.z1_size, name="q_z_head")
-        self.p_x = _mlp([HIDDEN, HIDDEN], "p_x")
-        self.p_x_head = ImageHead(self.likelihood_name, self.image_shape, name="p_x_head")
+        self.q_z = _mlp([HIDDEN, HIDDEN], "q_z", flatten=True, dtype=self.hidden_dtype)
+        self.q_z_head = GaussianHead(self.z1_size, name="q_z_head", dtype="float32")
+        self.p_x = _mlp([HIDDEN, HIDDEN], "p_x", dtype=self.hidden_dtype)
+        self.p_x_head = ImageHead(self.likelihood_name, self.image_shape, name="p_x_head", dtype="float32")
 
     def _encode_top(self, x):
         return self.q_z_head(self.q_z(x))
@@ -399,23 +411,23 @@ class HVAE(LatentVariableModel):
 
     # Sub-networks: the conv variants override these builders.
     def _build_encoders(self):
-        self.q_z2 = _mlp([HIDDEN, HIDDEN], "q_z2", flatten=True)
-        self.q_z1_x = _mlp([HIDDEN], "q_z1_x", flatten=True)
-        self.q_z1_z2 = _mlp([HIDDEN], "q_z1_z2")
+        self.q_z2 = _mlp([HIDDEN, HIDDEN], "q_z2", flatten=True, dtype=self.hidden_dtype)
+        self.q_z1_x = _mlp([HIDDEN], "q_z1_x", flatten=True, dtype=self.hidden_dtype)
+        self.q_z1_z2 = _mlp([HIDDEN], "q_z1_z2", dtype=self.hidden_dtype)
 
     def _build_decoder(self):
-        self.p_x_z1 = _mlp([HIDDEN], "p_x_z1")
-        self.p_x_z2 = _mlp([HIDDEN], "p_x_z2")
-        self.p_x_joint = _mlp([HIDDEN], "p_x_joint")
-        self.p_x_head = ImageHead(self.likelihood_name, self.image_shape, name="p_x_head")
+        self.p_x_z1 = _mlp([HIDDEN], "p_x_z1", dtype=self.hidden_dtype)
+        self.p_x_z2 = _mlp([HIDDEN], "p_x_z2", dtype=self.hidden_dtype)
+        self.p_x_joint = _mlp([HIDDEN], "p_x_joint", dtype=self.hidden_dtype)
+        self.p_x_head = ImageHead(self.likelihood_name, self.image_shape, name="p_x_head", dtype="float32")
 
     def _build_networks(self):
         self._build_encoders()
-        self.q_z2_head = GaussianHead(self.z2_size, name="q_z2_head")
-        self.q_z1_joint = _mlp([HIDDEN], "q_z1_joint")
-        self.q_z1_head = GaussianHead(self.z1_size, name="q_z1_head")
-        self.p_z1 = _mlp([HIDDEN, HIDDEN], "p_z1")
-        self.p_z1_head = GaussianHead(self.z1_size, name="p_z1_head")
+        self.q_z2_head = GaussianHead(self.z2_size, name="q_z2_head", dtype="float32")
+        self.q_z1_joint = _mlp([HIDDEN], "q_z1_joint", dtype=self.hidden_dtype)
+        self.q_z1_head = GaussianHead(self.z1_size, name="q_z1_head", dtype="float32")
+        self.p_z1 = _mlp([HIDDEN, HIDDEN], "p_z1", dtype=self.hidden_dtype)
+        self.p_z1_head = GaussianHead(self.z1_size, name="p_z1_head", dtype="float32")
         self._build_decoder()
 
     def _encode_top(self, x):
@@ -500,17 +512,19 @@ class ConvHVAE(HVAE):
 
     def _build_encoders(self):
         flat = _conv_flat_size(self.image_shape)
-        self.q_z2 = _conv_stack([(32, 7, 1), (32, 3, 2), (64, 5, 1), (64, 3, 2), (6, 3, 1)], "q_z2")
-        self.q_z1_x = _conv_stack([(32, 3, 1), (32, 3, 2), (64, 3, 1), (64, 3, 2), (6, 3, 1)], "q_z1_x")
-        self.q_z1_z2 = _mlp([flat], "q_z1_z2")
+        dtype = self.hidden_dtype
+        self.q_z2 = _conv_stack([(32, 7, 1), (32, 3, 2), (64, 5, 1), (64, 3, 2), (6, 3, 1)], "q_z2", dtype)
+        self.q_z1_x = _conv_stack([(32, 3, 1), (32, 3, 2), (64, 3, 1), (64, 3, 2), (6, 3, 1)], "q_z1_x", dtype)
+        self.q_z1_z2 = _mlp([flat], "q_z1_z2", dtype=self.hidden_dtype)
 
     def _build_decoder(self):
-        self.p_x_z1 = _mlp([HIDDEN], "p_x_z1")
-        self.p_x_z2 = _mlp([HIDDEN], "p_x_z2")
-        self.p_x_joint = _mlp([self.num_pixels], "p_x_joint")
-        self.p_x_convs = keras.Sequential([tl.GatedConv2D(64, 3, 1, padding=1) for _ in range(4)],
-                                          name="p_x_convs")
-        self.p_x_head = ImageHead(self.likelihood_name, self.image_shape, conv=True, name="p_x_head")
+        self.p_x_z1 = _mlp([HIDDEN], "p_x_z1", dtype=self.hidden_dtype)
+        self.p_x_z2 = _mlp([HIDDEN], "p_x_z2", dtype=self.hidden_dtype)
+        self.p_x_joint = _mlp([self.num_pixels], "p_x_joint", dtype=self.hidden_dtype)
+        self.p_x_convs = keras.Sequential(
+            [tl.GatedConv2D(64, 3, 1, padding=1, dtype=self.hidden_dtype) for _ in range(4)], name="p_x_convs")
+        self.p_x_head = ImageHead(self.likelihood_name, self.image_shape, conv=True, name="p_x_head",
+                                  dtype="float32")
 
     def _decode(self, z1, z2, x=None, training=False):
         h = self.p_x_joint(tf.concat([self.p_x_z1(z1), self.p_x_z2(z2)], -1))
@@ -534,23 +548,25 @@ class PixelHVAE(ConvHVAE):
     _decoder_needs_x = True
 
     def _build_decoder(self):
-        self.p_x_z1 = _mlp([self.num_pixels], "p_x_z1")
-        self.p_x_z2 = _mlp([self.num_pixels], "p_x_z2")
+        self.p_x_z1 = _mlp([self.num_pixels], "p_x_z1", dtype=self.hidden_dtype)
+        self.p_x_z2 = _mlp([self.num_pixels], "p_x_z2", dtype=self.hidden_dtype)
         pixelcnn = []
         for i in range(8):
-            pixelcnn += [tl.MaskedConv2D("A" if i == 0 else "B", 64, 3),
+            pixelcnn += [tl.MaskedConv2D("A" if i == 0 else "B", 64, 3, dtype=self.hidden_dtype),
                          # Synchronised across replicas so that statistics are the global batch's.
-                         keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=True),
-                         keras.layers.ReLU()]
+                         keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=True,
+                                                         dtype=self.hidden_dtype),
+                         keras.layers.ReLU(dtype=self.hidden_dtype)]
         self.pixelcnn = keras.Sequential(pixelcnn, name="pixelcnn")
-        self.p_x_head = ImageHead(self.likelihood_name, self.image_shape, conv=True, name="p_x_head")
+        self.p_x_head = ImageHead(self.likelihood_name, self.image_shape, conv=True, name="p_x_head",
+                                  dtype="float32")
 
     def _latent_maps(self, z1, z2):
         shape = tf.concat([tf.shape(z1)[:1], self.image_shape], 0)
         return tf.concat([tf.reshape(self.p_x_z1(z1), shape), tf.reshape(self.p_x_z2(z2), shape)], -1)
 
     def _pixel_params(self, x, maps, training):
-        return self.p_x_head(self.pixelcnn(tf.concat([x, maps], -1), training=training))
+        return self.p_x_head(self.pixelcnn(tf.concat([tf.cast(x, maps.dtype), maps], -1), training=training))
 
     def _decode(self, z1, z2, x=None, training=False):
         return self._pixel_params(x, self._latent_maps(z1, z2), training)
@@ -590,18 +606,19 @@ def build_model(model_name, prior, input_shape, likelihood, num_components=500, 
       likelihood: 'bernoulli', 'discretized_logistic' or 'discretized_logistic_normalized'.
       num_components: K pseudo-inputs / mixture components.
       z1_size, z2_size: latent sizes.
-      **options: `pseudo_inputs_data`, `pseudo_inputs_mean`, `pseudo_inputs_std`, `seed`
-        (see `LatentVariableModel`).
+      **options: `pseudo_inputs_data`, `pseudo_inputs_mean`, `pseudo_inputs_std`, `seed`,
+        `compute_dtype` (see `LatentVariableModel`).
 
     Returns:
       A `LatentVariableModel`.
     """
     if model_name not in _MODEL_CLASSES:
         raise ValueError(f"Unknown model {model_name!r}; choose one of {', '.join(MODELS)}.")
-    unknown = set(options) - {"pseudo_inputs_data", "pseudo_inputs_mean", "pseudo_inputs_std", "seed", "name"}
+    unknown = set(options) - {"pseudo_inputs_data", "pseudo_inputs_mean", "pseudo_inputs_std", "seed",
+                            "compute_dtype", "name"}
     if unknown:
         raise TypeError(f"build_model got unknown options {sorted(unknown)}; allowed: pseudo_inputs_data, "
-                        "pseudo_inputs_mean, pseudo_inputs_std, seed, name.")
+                        "pseudo_inputs_mean, pseudo_inputs_std, seed, compute_dtype, name.")
     return _MODEL_CLASSES[model_name](input_shape, prior=prior, likelihood=likelihood,
                                       num_components=num_components, z1_size=z1_size,
                                       z2_size=z2_size, **options)
