@@ -22,6 +22,7 @@ from absl import logging  # noqa: E402
 from tfvamp import flags as tflags  # noqa: E402
 
 tflags.define_flags()
+flags.adopt_module_key_flags(tflags)  # --help lists the training flags
 FLAGS = flags.FLAGS
 
 

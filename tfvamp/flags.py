@@ -187,7 +187,7 @@ def validate_config(config, info=None):
                       ("early_stopping_epochs", 0), ("eval_samples", 1), ("max_steps_per_epoch", 0),
                       ("max_eval_batches", 0), ("eval_chunk_size", 0), ("cpu_devices", 0),
                       ("image_every_epochs", 0), ("num_images", 1), ("checkpoints_to_keep", 1),
-                      ("benchmark_xla", 0)):
+                      ("benchmark_xla", 0), ("seed", 0)):
         value = config[name]
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             label = "K (--num_components)" if name == "num_components" else f"--{name}"
