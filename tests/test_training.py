@@ -361,3 +361,13 @@ def test_sigkill_then_rerun_resumes_with_identical_state(tmp_path, real_data_dir
     assert final["optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"] == 18  # no epoch run twice or skipped
     # --checkpoints_to_keep=3 across both processes.
     assert sorted(glob.glob(str(ckpt_dir / "*.index"))) == [str(ckpt_dir / f"ckpt-{e}.index") for e in (4, 5, 6)]
+    # Killed and resumed = uninterrupted: same data per epoch, same noise stream, same weights.
+    reference_dir = tmp_path / "reference"
+    reference = subprocess.run([c.replace(str(model_dir), str(reference_dir)) for c in command], cwd=ROOT,
+                               env=script_env(), capture_output=True, text=True, timeout=240)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    expected = checkpoint_tensors(tf.train.latest_checkpoint(str(reference_dir / "checkpoints")))
+    weights = [k for k in expected if "optimizer" in k or k.startswith("model/") or "best_val_loss" in k]
+    assert len(weights) > 20
+    for key in weights:
+        np.testing.assert_allclose(final[key], expected[key], rtol=1e-5, atol=1e-7, err_msg=key)

@@ -24,6 +24,7 @@ import math
 import os
 import time
 
+import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
@@ -191,6 +192,9 @@ class Trainer:
         self.multi_worker = self.task_type is not None
         self.jit_compile = resolve_jit(config["jit_compile"], config["model"], self.num_replicas)
         seed = int(config["seed"])
+        # Seeds every initializer, including the layers' unseeded ones, so that --seed fixes
+        # the initial weights (multi-worker runs also broadcast the chief's).
+        keras.utils.set_random_seed(seed)
         with self.strategy.scope():
             self.model = models.build_model(
                 config["model"], config["prior"], tuple(config["input_shape"]), config["likelihood"],
