@@ -13,10 +13,13 @@ def _sigmoid(a):
 def test_gated_dense_matches_numpy():
     x = np.random.default_rng(0).normal(size=(5, 7)).astype(np.float32)
     layer = tl.GatedDense(3)
+    layer.build(x.shape)
+    rng = np.random.default_rng(1)
+    for w in (layer.bias, layer.gate_bias):  # non-zero biases, so that both must be applied
+        w.assign(rng.normal(size=w.shape).astype(np.float32))
     out = layer(x).numpy()
-    k, b = layer.kernel.numpy(), layer.bias.numpy()
-    value = x @ k[:, :3] + b[:3]
-    gate = x @ k[:, 3:] + b[3:]
+    value = x @ layer.kernel.numpy() + layer.bias.numpy()
+    gate = x @ layer.gate_kernel.numpy() + layer.gate_bias.numpy()
     np.testing.assert_allclose(out, value * _sigmoid(gate), rtol=1e-5, atol=1e-6)
 
 
@@ -40,11 +43,14 @@ def _numpy_conv(x, kernel, stride, padding):
 def test_gated_conv_matches_numpy_and_release_shapes(kernel_size, stride, shape, expected):
     x = np.random.default_rng(1).normal(size=(2,) + shape + (2,)).astype(np.float32)
     layer = tl.GatedConv2D(3, kernel_size, stride, padding=kernel_size // 2)
+    layer.build(x.shape)
+    layer.gate_bias.assign(np.array([0.5, -1.0, 2.0], np.float32))
     out = layer(x).numpy()
     assert out.shape[1:3] == expected
-    k, b = layer.kernel.numpy(), layer.bias.numpy()
-    h = _numpy_conv(x, k, stride, kernel_size // 2) + b
-    np.testing.assert_allclose(out, h[..., :3] * _sigmoid(h[..., 3:]), rtol=1e-4, atol=1e-4)
+    pad = kernel_size // 2
+    value = _numpy_conv(x, layer.kernel.numpy(), stride, pad) + layer.bias.numpy()
+    gate = _numpy_conv(x, layer.gate_kernel.numpy(), stride, pad) + layer.gate_bias.numpy()
+    np.testing.assert_allclose(out, value * _sigmoid(gate), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("mask_type", ["A", "B"])

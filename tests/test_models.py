@@ -188,3 +188,17 @@ def test_bfloat16_hidden_layers_keep_float32_densities(model_name):
     assert np.abs(mixed.numpy() - exact).max() > 0  # bf16 really ran
     with pytest.raises(ValueError, match="compute_dtype"):
         tfvamp.build_model("vae", "standard", shape, "bernoulli", compute_dtype="float16")
+
+
+def test_float32_prior_in_the_estimator_agrees_with_float64():
+    """The fast setting changes the prior's log-density only by rounding (same samples)."""
+    model = _small("hvae", "vampprior")
+    x = _binary(3)
+    noise = lambda shape: tf.random.stateless_normal(shape, seed=[3, 4])  # noqa: E731
+    prior, encoded = model.prior(), model._encode_x(x)
+    exact = model._terms(x, encoded, 8, prior, noise, False, tf.float64)
+    fast = model._terms(x, encoded, 8, prior, noise, False, tf.float32)
+    np.testing.assert_array_equal(fast[0].numpy(), exact[0].numpy())  # same samples, same log p(x|z)
+    np.testing.assert_allclose(fast[2].numpy(), exact[2].numpy(), atol=1e-3)
+    with pytest.raises(ValueError, match="prior_dtype"):
+        model.log_likelihood(x, num_samples=4, prior_dtype="float16")

@@ -71,7 +71,8 @@ def model_from_config(config, pseudo_inputs_data=None):
         config["model"], config["prior"], shape, config["likelihood"],
         num_components=config["num_components"], z1_size=config["z1_size"], z2_size=config["z2_size"],
         pseudo_inputs_mean=config["pseudo_inputs_mean"], pseudo_inputs_std=config["pseudo_inputs_std"],
-        pseudo_inputs_data=pseudo_inputs_data, seed=config.get("seed"))
+        pseudo_inputs_data=pseudo_inputs_data, seed=config.get("seed"),
+        compute_dtype=config.get("compute_dtype", "float32"))
 
 
 def checkpoint_path(model_dir, which="best"):

@@ -90,6 +90,9 @@ def define_flags(flag_values=flags.FLAGS):
                       "the local GPUs (the CPU when there is none).", **fv)
     flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into this many logical devices and mirror over "
                          "them (testing multi-replica code without GPUs; 0 = don't).", **fv)
+    flags.DEFINE_enum("compute_dtype", "float32", models.COMPUTE_DTYPES,
+                      "Hidden-layer compute dtype: bfloat16 runs the networks' matmuls and convolutions "
+                      "in bfloat16 (float32 variables, heads and densities); see docs/benchmarks.md.", **fv)
     flags.DEFINE_enum("jit_compile", "auto", JIT_CHOICES,
                       "XLA-compile the per-replica forward/backward pass. auto: on where it was measured "
                       "to help (docs/training.md).", **fv)
@@ -111,8 +114,8 @@ FLAG_NAMES = (
     "pseudo_inputs_init", "pseudo_inputs_mean", "pseudo_inputs_std", "optimizer", "lr", "batch_size",
     "eval_batch_size", "epochs", "warmup_epochs", "early_stopping_epochs", "seed",
     "max_steps_per_epoch", "max_eval_batches", "eval_samples", "eval_chunk_size", "evaluate", "export",
-    "export_dir", "model_dir", "data_dir", "manual_dir", "strategy", "cpu_devices", "jit_compile",
-    "image_every_epochs", "num_images", "checkpoints_to_keep", "progress", "benchmark_xla")
+    "export_dir", "model_dir", "data_dir", "manual_dir", "strategy", "cpu_devices", "compute_dtype",
+    "jit_compile", "image_every_epochs", "num_images", "checkpoints_to_keep", "progress", "benchmark_xla")
 
 
 def default_config(**overrides):
@@ -174,6 +177,8 @@ def validate_config(config, info=None):
     check(config["optimizer"] in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}.")
     check(config["strategy"] in distribute.STRATEGIES,
           f"--strategy must be one of {', '.join(distribute.STRATEGIES)}.")
+    check(config["compute_dtype"] in models.COMPUTE_DTYPES,
+          f"--compute_dtype must be one of {', '.join(models.COMPUTE_DTYPES)}.")
     check(str(config["jit_compile"]) in JIT_CHOICES, f"--jit_compile must be one of {', '.join(JIT_CHOICES)}.")
     check(config["pseudo_inputs_init"] in PSEUDO_INPUTS_INIT,
           f"--pseudo_inputs_init must be one of {', '.join(PSEUDO_INPUTS_INIT)}.")

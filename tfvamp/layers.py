@@ -40,8 +40,9 @@ class Hardtanh(keras.layers.Layer):
 class GatedDense(keras.layers.Layer):
     """Gated dense layer: `Linear(x) * sigmoid(Linear_gate(x))`.
 
-    Both linear maps are one kernel of width 2 * units (one matmul instead of two; the
-    initial distribution is the same as two He-normal layers).
+    The two maps are separate kernels, each followed directly by its bias: TensorFlow then
+    fuses matmul + bias (+ sigmoid) into one oneDNN call, which measured 16-26% faster here
+    than one kernel of width 2 * units and a split.
 
     Input `[..., in_features]` -> output `[..., units]`.
     """
@@ -54,15 +55,18 @@ class GatedDense(keras.layers.Layer):
 
     def build(self, input_shape):
         in_features = int(input_shape[-1])
-        self.kernel = self.add_weight(
-            name="kernel", shape=(in_features, 2 * self.units), initializer=_he_normal())
-        self.bias = self.add_weight(name="bias", shape=(2 * self.units,), initializer="zeros")
+        self.kernel = self.add_weight(name="kernel", shape=(in_features, self.units), initializer=_he_normal())
+        self.bias = self.add_weight(name="bias", shape=(self.units,), initializer="zeros")
+        self.gate_kernel = self.add_weight(name="gate_kernel", shape=(in_features, self.units),
+                                           initializer=_he_normal())
+        self.gate_bias = self.add_weight(name="gate_bias", shape=(self.units,), initializer="zeros")
+
+    def _linear(self, x, kernel, bias):
+        h = tf.matmul(x, kernel) if x.shape.rank == 2 else tf.tensordot(x, kernel, 1)
+        return tf.nn.bias_add(h, bias)
 
     def call(self, x):
-        h = tf.matmul(x, self.kernel) if x.shape.rank == 2 else tf.tensordot(x, self.kernel, 1)
-        h = h + self.bias
-        value, gate = tf.split(h, 2, axis=-1)
-        return value * tf.sigmoid(gate)
+        return self._linear(x, self.kernel, self.bias) * tf.sigmoid(self._linear(x, self.gate_kernel, self.gate_bias))
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)
@@ -97,16 +101,17 @@ class GatedConv2D(keras.layers.Layer):
         self.padding = (self.kernel_size // 2) if padding is None else int(padding)
 
     def build(self, input_shape):
-        c_in = int(input_shape[-1])
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=(self.kernel_size, self.kernel_size, c_in, 2 * self.filters),
-            initializer=_he_normal())
-        self.bias = self.add_weight(name="bias", shape=(2 * self.filters,), initializer="zeros")
+        shape = (self.kernel_size, self.kernel_size, int(input_shape[-1]), self.filters)
+        # Separate value and gate kernels, as in GatedDense (conv + bias fuse in oneDNN).
+        self.kernel = self.add_weight(name="kernel", shape=shape, initializer=_he_normal())
+        self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
+        self.gate_kernel = self.add_weight(name="gate_kernel", shape=shape, initializer=_he_normal())
+        self.gate_bias = self.add_weight(name="gate_bias", shape=(self.filters,), initializer="zeros")
 
     def call(self, x):
-        h = tf.nn.conv2d(_pad(x, self.padding), self.kernel, self.strides, "VALID") + self.bias
-        value, gate = tf.split(h, 2, axis=-1)
+        x = _pad(x, self.padding)
+        value = tf.nn.bias_add(tf.nn.conv2d(x, self.kernel, self.strides, "VALID"), self.bias)
+        gate = tf.nn.bias_add(tf.nn.conv2d(x, self.gate_kernel, self.strides, "VALID"), self.gate_bias)
         return value * tf.sigmoid(gate)
 
     def get_config(self):

@@ -8,6 +8,7 @@ ops are counted ("model FLOPs"); element-wise work is real but is not what the m
 measures.
 """
 import collections
+import math
 import resource
 import time
 
@@ -91,5 +92,106 @@ def time_call(fn, *args, warmup=2, repeats=5, iterations=10):
 
 
 def peak_rss_bytes():
-    """This process's peak resident memory so far (Linux reports kilobytes)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """This process's peak resident memory so far.
+
+    Linux's VmHWM is the high-water mark of this address space; `ru_maxrss` would instead
+    carry the parent's mark across fork and exec, so every benchmark worker would report
+    at least its launcher's memory.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+
+
+# ---- model benchmarks ---------------------------------------------------------------------------
+def _block(out):
+    for t in tf.nest.flatten(out):
+        if hasattr(t, "numpy"):
+            t.numpy()
+
+
+def benchmark_training(trainer, x, repeats=5, iterations=10, warmup=3):
+    """Times `trainer.train_step` on one fixed global batch (no input pipeline).
+
+    Returns a dict: seconds_per_step (median), steps_per_second, examples_per_second,
+    flops_per_step (dense ops of the traced step: forward, backward, optimizer).
+    """
+    x = tf.convert_to_tensor(x, tf.float32)
+    start = time.perf_counter()
+    _block(trainer.train_step(x))  # compiles
+    _block(trainer.train_step(x))
+    # Slow steps (the conv models) get fewer iterations per timing: about 2 s each.
+    once = time.perf_counter() - start
+    iterations = int(max(1, min(iterations, 4.0 / max(once, 1e-6))))
+    seconds = time_call(trainer.train_step, x, warmup=warmup, repeats=repeats, iterations=iterations)
+    flops = graph_flops(trainer._train_step.get_concrete_function(x))["total"]
+    batch = int(x.shape[0])
+    return {"seconds_per_step": seconds, "steps_per_second": 1.0 / seconds,
+            "examples_per_second": batch / seconds, "flops_per_step": flops}
+
+
+def benchmark_input_pipeline(trainer, dataset, steps, x):
+    """The full training loop (tf.data iteration included) against the step alone.
+
+    Returns seconds per step of both; a pipeline that keeps up gives a ratio near 1.
+    """
+    trainer.train_epoch(1, dataset.take(2), steps=2)  # warm up the iterator and the step
+    _, num_steps, seconds = trainer.train_epoch(1, dataset.take(steps), steps=steps)
+    step_alone = time_call(trainer.train_step, tf.convert_to_tensor(x, tf.float32), warmup=1, repeats=3,
+                           iterations=max(1, min(steps, 20)))
+    loop = seconds / max(num_steps, 1)
+    return {"loop_seconds_per_step": loop, "step_seconds": step_alone, "loop_over_step": loop / step_alone}
+
+
+def evaluation_flops(model, batch_size, num_samples, chunk_size, prior_dtype="float64"):
+    """Dense FLOPs of `model.log_likelihood` on a batch, counted from traced graphs.
+
+    The estimator runs a set-up (prior: the pseudo-inputs' encodings; the batch's encoders)
+    once, then ceil(S / chunk) chunk bodies; both are traced with static shapes here.
+
+    Returns FLOPs per evaluated image.
+    """
+    x = tf.zeros((int(batch_size),) + tuple(model.image_shape))
+
+    def setup(x):
+        prior = model.prior()
+        encoded = model._encode_x(x)
+        floats = [t for t in tf.nest.flatten(prior, expand_composites=True) if t.dtype.is_floating]
+        return tf.nest.flatten(encoded) + floats, prior, encoded
+
+    def setup_only(x):
+        return setup(x)[0]
+
+    def setup_and_chunk(x):
+        tensors, prior, encoded = setup(x)
+        terms = model._terms(x, encoded, int(chunk_size), prior, None, False, tf.as_dtype(prior_dtype))
+        return tensors + list(terms)
+
+    base = graph_flops(tf.function(setup_only).get_concrete_function(x))["total"]
+    with_chunk = graph_flops(tf.function(setup_and_chunk).get_concrete_function(x))["total"]
+    num_chunks = -(-int(num_samples) // int(chunk_size))
+    return (base + num_chunks * (with_chunk - base)) / int(batch_size)
+
+
+def benchmark_evaluation(model, x, num_samples, chunk_size=None, repeats=2, prior_dtype="float64"):
+    """Times `model.log_likelihood(x, num_samples)` (IS, float64 accumulation).
+
+    Returns a dict: images_per_second (best of `repeats`), chunk_size, flops_per_image.
+    """
+    x = tf.convert_to_tensor(x, tf.float32)
+    batch = int(x.shape[0])
+    chunk = int(chunk_size or model.default_chunk_size(batch, num_samples))
+    model.log_likelihood(x, num_samples=chunk, chunk_size=chunk, prior_dtype=prior_dtype).numpy()  # warm up
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.log_likelihood(x, num_samples=num_samples, chunk_size=chunk, prior_dtype=prior_dtype).numpy()
+        best = min(best, time.perf_counter() - start)
+    return {"images_per_second": batch / best, "seconds": best, "chunk_size": chunk,
+            "prior_dtype": prior_dtype,
+            "flops_per_image": evaluation_flops(model, batch, num_samples, chunk, prior_dtype)}

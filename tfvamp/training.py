@@ -201,7 +201,7 @@ class Trainer:
                 num_components=config["num_components"], z1_size=config["z1_size"],
                 z2_size=config["z2_size"], pseudo_inputs_mean=config["pseudo_inputs_mean"],
                 pseudo_inputs_std=config["pseudo_inputs_std"], pseudo_inputs_data=pseudo_inputs_data,
-                seed=seed)
+                seed=seed, compute_dtype=config.get("compute_dtype", "float32"))
             self.optimizer = optimizers.make_optimizer(config["optimizer"], config["lr"])
             self.optimizer.build(self.model.trainable_variables)  # slots exist before any restore
             # Run state, all in the checkpoint. beta is read inside the compiled step, so it

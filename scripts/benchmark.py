@@ -1,0 +1,182 @@
+#!/usr/bin/env python
+"""Speed of training and evaluation, as fractions of this machine's dense matmul throughput.
+
+    python scripts/benchmark.py                        # the grid of docs/benchmarks.md
+    python scripts/benchmark.py --quick                # a smoke test (a minute)
+    python scripts/benchmark.py --models vae,hvae --components 500 --output_json bench.json
+
+For each model x prior (standard; vampprior at each K) on 28x28 binary data it measures the
+real training step (`tfvamp.training.Trainer.train_step`: strategy, AdamNormGrad, noise) on a
+fixed batch, steps/s after compilation and warm-up (median of repeats), the VampPrior's
+overhead against the standard prior, importance-sampled evaluation throughput
+(`model.log_likelihood` at --eval_samples), and peak memory. FLOPs are counted from the traced
+graphs (tfvamp.profiling), never guessed; achieved FLOP rates are divided by the float32
+matmul throughput measured in the same run. Each configuration runs in its own process so
+that its peak memory is its own.
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("models", ["vae", "hvae", "convhvae", "pixelhvae"], "Model families.")
+flags.DEFINE_list("components", ["1", "50", "500", "1000"], "K values of the VampPrior rows.")
+flags.DEFINE_integer("batch_size", 100, "Training batch size.")
+flags.DEFINE_integer("eval_samples", 5000, "Importance samples per test image.")
+flags.DEFINE_integer("eval_images", 100, "Test images timed for the MLP models (VAE, HVAE).")
+flags.DEFINE_integer("conv_eval_images", 2, "Test images timed for convHVAE and PixelHVAE (each takes "
+                     "seconds at S=5000).")
+flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "Hidden-layer compute dtype.")
+flags.DEFINE_enum("eval_prior_dtype", "float64", ["float64", "float32"],
+                  "Precision of the mixture prior's log-density in the IS estimator.")
+flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA for the train step.")
+flags.DEFINE_integer("repeats", 5, "Timed repeats (the median is reported).")
+flags.DEFINE_bool("pipeline", True, "Also time the full loop over real static MNIST against the step alone "
+                  "(needs the data files: --manual_dir or $TFVAMP_MANUAL_DIR).")
+flags.DEFINE_string("manual_dir", None, "Original data files (for --pipeline).")
+flags.DEFINE_bool("quick", False, "Smoke test: VAE and HVAE, K in {1, 50}, S=50, few repeats.")
+flags.DEFINE_string("output_json", None, "Write all numbers here as JSON.")
+flags.DEFINE_string("worker", None, "Internal: run one configuration (JSON) and print its numbers.")
+
+
+# ---- one configuration, in its own process ------------------------------------------------
+def _run_worker(spec):
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    from tfvamp import data, profiling, training  # pylint: disable=import-outside-toplevel
+    from tfvamp import flags as tflags  # pylint: disable=import-outside-toplevel
+
+    model_dir = tempfile.mkdtemp(prefix="tfvamp_bench_")
+    config = tflags.validate_config(tflags.default_config(
+        dataset="static_mnist", model=spec["model"], prior=spec["prior"], num_components=spec["k"],
+        batch_size=spec["batch_size"], model_dir=model_dir, jit_compile=spec["jit_compile"],
+        compute_dtype=spec["compute_dtype"], progress=False, evaluate=False, export=False),
+        info=data.get_info("static_mnist"))
+    trainer = training.Trainer(config)
+    rng = np.random.default_rng(0)
+    x = (rng.uniform(size=(spec["batch_size"], 28, 28, 1)) < 0.13).astype(np.float32)
+    out = {"model": spec["model"], "prior": spec["prior"], "k": spec["k"], "jit_compile": trainer.jit_compile,
+           "train": profiling.benchmark_training(trainer, x, repeats=spec["repeats"])}
+    if spec.get("eval_images"):
+        x_eval = x[:spec["eval_images"]]
+        out["eval"] = profiling.benchmark_evaluation(trainer.model, x_eval, spec["eval_samples"],
+                                                     repeats=1 if spec["quick"] else 2,
+                                                     prior_dtype=spec["eval_prior_dtype"])
+    if spec.get("pipeline"):
+        splits = data.load("static_mnist", spec["batch_size"], manual_dir=spec.get("manual_dir"))
+        out["pipeline"] = profiling.benchmark_input_pipeline(trainer, splits.train, 50, x)
+    out["peak_rss_mb"] = profiling.peak_rss_bytes() / 2 ** 20
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def _spawn(spec):
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    raise RuntimeError(f"Benchmark worker failed for {spec}:\n{proc.stderr[-3000:]}")
+
+
+# ---- the grid ---------------------------------------------------------------------------------
+def _machine():
+    import platform  # pylint: disable=import-outside-toplevel
+
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "tensorflow": tf.__version__, "python": platform.python_version(),
+            "gpus": len(tf.config.list_physical_devices("GPU"))}
+
+
+def _table(rows, peak):
+    header = ("model", "prior", "K", "step ms", "steps/s", "ex/s", "GFLOP/step", "GFLOP/s", "% peak",
+              "vs std", "eval img/s", "eval MFLOP/img", "eval % peak", "peak MB")
+    lines = [" | ".join(header), " | ".join("---" for _ in header)]
+    for r in rows:
+        t = r["train"]
+        rate = t["flops_per_step"] / t["seconds_per_step"]
+        ev = r.get("eval")
+        ev_rate = ev["flops_per_image"] * ev["images_per_second"] if ev else None
+        cells = (r["model"], r["prior"], str(r["k"]) if r["prior"] != "standard" else "-",
+                 f"{1000 * t['seconds_per_step']:.1f}", f"{t['steps_per_second']:.1f}",
+                 f"{t['examples_per_second']:.0f}", f"{t['flops_per_step'] / 1e9:.2f}", f"{rate / 1e9:.0f}",
+                 f"{100 * rate / peak:.0f}%", f"{r['overhead']:.2f}x" if r.get("overhead") else "1.00x",
+                 f"{ev['images_per_second']:.2f}" if ev else "-",
+                 f"{ev['flops_per_image'] / 1e6:.0f}" if ev else "-",
+                 f"{100 * ev_rate / peak:.0f}%" if ev else "-", f"{r['peak_rss_mb']:.0f}")
+        lines.append(" | ".join(cells))
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    if FLAGS.worker:
+        _run_worker(json.loads(FLAGS.worker))
+        return 0
+    from tfvamp import profiling  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    models = ["vae", "hvae"] if FLAGS.quick else FLAGS.models
+    components = [1, 50] if FLAGS.quick else [int(k) for k in FLAGS.components]
+    eval_samples = 50 if FLAGS.quick else FLAGS.eval_samples
+    repeats = 2 if FLAGS.quick else FLAGS.repeats
+    manual_dir = FLAGS.manual_dir or os.environ.get("TFVAMP_MANUAL_DIR")
+    machine = _machine()
+    peak = profiling.matmul_peak()
+    peak_bf16 = profiling.matmul_peak(dtype=tf.bfloat16)
+    print(f"machine: {machine}")
+    print(f"dense matmul peak: float32 {peak / 1e9:.0f} GFLOP/s, bfloat16 {peak_bf16 / 1e9:.0f} GFLOP/s", flush=True)
+    rows = []
+    for model in models:
+        conv = model in ("convhvae", "pixelhvae")
+        standard_seconds = None
+        for prior, k in [("standard", 1)] + [("vampprior", k) for k in components]:
+            spec = {"model": model, "prior": prior, "k": k, "batch_size": FLAGS.batch_size,
+                    "eval_samples": eval_samples, "compute_dtype": FLAGS.compute_dtype,
+                    "eval_prior_dtype": FLAGS.eval_prior_dtype, "jit_compile": FLAGS.jit_compile,
+                    "repeats": repeats, "quick": FLAGS.quick,
+                    # Evaluation at the paper's K (and the standard prior) only: it is the slow part.
+                    "eval_images": ((FLAGS.conv_eval_images if conv else FLAGS.eval_images)
+                                    if prior == "standard" or k == 500 or FLAGS.quick else 0),
+                    "pipeline": bool(FLAGS.pipeline and manual_dir and not FLAGS.quick and not conv
+                                     and prior == "vampprior" and k == 500),
+                    "manual_dir": manual_dir}
+            print(f"... {model} {prior}" + (f" K={k}" if prior != "standard" else ""), flush=True)
+            row = _spawn(spec)
+            if prior == "standard":
+                standard_seconds = row["train"]["seconds_per_step"]
+            else:
+                row["overhead"] = row["train"]["seconds_per_step"] / standard_seconds
+            rows.append(row)
+            t = row["train"]
+            print(f"    {1000 * t['seconds_per_step']:.1f} ms/step, "
+                  f"{100 * t['flops_per_step'] / t['seconds_per_step'] / peak:.0f}% of peak"
+                  + (f"; eval {row['eval']['images_per_second']:.2f} img/s" if "eval" in row else "")
+                  + (f"; loop/step {row['pipeline']['loop_over_step']:.2f}" if "pipeline" in row else ""),
+                  flush=True)
+    print()
+    print(_table(rows, peak))
+    result = {"machine": machine, "matmul_peak_flops": peak, "matmul_peak_flops_bfloat16": peak_bf16,
+              "batch_size": FLAGS.batch_size, "eval_samples": eval_samples, "compute_dtype": FLAGS.compute_dtype,
+              "eval_prior_dtype": FLAGS.eval_prior_dtype, "command": " ".join(sys.argv), "rows": rows}
+    if FLAGS.output_json:
+        with open(FLAGS.output_json, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"\nwrote {FLAGS.output_json}")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
