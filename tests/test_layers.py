@@ -1,7 +1,6 @@
 """Layers against NumPy references, and PixelCNN causality."""
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from tfvamp import layers as tl
 

@@ -10,6 +10,7 @@ Every checkpoint stores the model under the key `model`, so `load_model` can rea
 best weights or any training checkpoint.
 """
 import json
+import math
 import os
 
 import numpy as np
@@ -33,20 +34,37 @@ def save_config(model_dir, config):
     missing = [k for k in MODEL_KEYS if k not in config]
     if missing:
         raise ValueError(f"Run config lacks {missing}; it needs {list(MODEL_KEYS)}.")
-    os.makedirs(model_dir, exist_ok=True)
-    path = os.path.join(model_dir, CONFIG_FILE)
-    with open(path + ".tmp", "w") as f:
-        json.dump(config, f, indent=2, sort_keys=True, default=_jsonable)
-    os.replace(path + ".tmp", path)  # never a half-written config
-    return path
+    return write_json(os.path.join(model_dir, CONFIG_FILE), config)
 
 
-def _jsonable(value):
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    if isinstance(value, (tuple, np.ndarray)):
-        return list(value)
+def to_jsonable(value):
+    """`value` with NumPy scalars and arrays made plain, non-finite floats as strings
+    ('inf', 'nan': JSON has no such numbers) and anything else unknown as its str()."""
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return value if math.isfinite(value) else str(value)
+    if value is None or isinstance(value, str):
+        return value
     return str(value)
+
+
+def write_json(path, obj):
+    """Writes `obj` as JSON atomically (a temporary file, then a rename): never half-written."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(to_jsonable(obj), f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
+    return path
 
 
 def load_config(model_dir):

@@ -27,6 +27,7 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
+from tfvamp import checkpointing
 from tfvamp import pictures
 
 VAMPPRIOR_PRIORS = ("vampprior", "vampprior_data", "weighted_vampprior")
@@ -373,16 +374,4 @@ def save_results(model_dir, summary, split="test", **extra):
         if not isinstance(results, dict):
             results = {}
     results[split] = {**summary, **extra}
-    os.makedirs(model_dir, exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(results, f, indent=2, sort_keys=True, default=_jsonable)
-    os.replace(path + ".tmp", path)
-    return path
-
-
-def _jsonable(value):
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
+    return checkpointing.write_json(path, results)

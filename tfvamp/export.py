@@ -40,8 +40,9 @@ lists are converted, a tensor of another dtype is refused by TensorFlow with a `
 import json
 import os
 
-import numpy as np
 import tensorflow as tf
+
+from tfvamp import checkpointing
 
 CONFIG_FILE = "tfvamp_config.json"  # written to <export_dir>/assets.extra/
 VAMPPRIOR_PRIORS = ("vampprior", "vampprior_data", "weighted_vampprior")
@@ -122,7 +123,7 @@ class ServedModel(tf.Module):
             chunk = tf.clip_by_value(rows_per_chunk // batch, 1, num_samples)
             return model._log_likelihood_graph(images, num_samples, chunk)
 
-        config_json = json.dumps(config or model.get_config(), sort_keys=True, default=_jsonable)
+        config_json = json.dumps(checkpointing.to_jsonable(config or model.get_config()), sort_keys=True)
         names = {"model": model.model_name, "prior": model.prior_name,
                  "likelihood": model.likelihood_name, "config": config_json}
         latent_sizes = dict(model.latent_sizes)
@@ -169,14 +170,6 @@ def _named(function, output_name):
     return tf.function(wrapper, input_signature=specs, autograph=False).get_concrete_function()
 
 
-def _jsonable(value):
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    if isinstance(value, (tuple, np.ndarray)):
-        return list(value)
-    return str(value)
-
-
 def export_saved_model(model, export_dir, config=None):
     """Writes `model` as a SavedModel that TensorFlow serves without tfvamp.
 
@@ -195,6 +188,5 @@ def export_saved_model(model, export_dir, config=None):
     tf.saved_model.save(served, export_dir, signatures=served.serving_signatures())
     extra = os.path.join(export_dir, "assets.extra")
     os.makedirs(extra, exist_ok=True)
-    with open(os.path.join(extra, CONFIG_FILE), "w") as f:
-        json.dump(config or model.get_config(), f, indent=2, sort_keys=True, default=_jsonable)
+    checkpointing.write_json(os.path.join(extra, CONFIG_FILE), config or model.get_config())
     return export_dir

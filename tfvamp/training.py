@@ -138,27 +138,6 @@ def _replica_noise_fn(seed, replica_id, num_replicas):
     return noise_fn
 
 
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating, float)):
-        value = float(value)
-        return value if math.isfinite(value) else str(value)
-    return value
-
-
-def _write_json(path, obj):
-    with open(path + ".tmp", "w") as f:
-        json.dump(_jsonable(obj), f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
-
-
 # ---- the trainer ------------------------------------------------------------------------------
 class Trainer:
     """One training run under a `tf.distribute` strategy.
@@ -612,7 +591,7 @@ def evaluate_best(config, test_dataset, summary=None):
     with open(path) as f:
         results = json.load(f)
     results["training"] = summary
-    _write_json(path, results)
+    checkpointing.write_json(path, results)
     return results
 
 
@@ -662,7 +641,7 @@ def train(config, strategy=None, splits=None, pseudo_inputs_data=None, train_for
         if config["export"]:
             results["saved_model"] = export_best(config)
             if config["evaluate"]:
-                _write_json(results_file, results)
+                checkpointing.write_json(results_file, results)
             print(f"SavedModel of the best model: {results['saved_model']}", flush=True)
     trainer._agree([0.0])  # pylint: disable=protected-access  # workers wait for the chief
     return results
