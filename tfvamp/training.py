@@ -433,12 +433,19 @@ class Trainer:
         writer = self._writer()
         if start_epoch == 1:
             self._log_config(writer)
+        info = getattr(self.splits, "info", None)
+        num_examples = getattr(info, "num_examples", None) or {}
+        num_train = num_examples.get("train")
         validation_images = None
         if int(config["image_every_epochs"]):
-            for x in self.splits.validation.take(1):
-                validation_images = x.numpy()
-        info = getattr(self.splits, "info", None)
-        num_train = (getattr(info, "num_examples", None) or {}).get("train")
+            num_images = max(1, int(config["num_images"]) // 2)
+            if num_examples.get("validation"):
+                # Random positions: a split stored in class order would show one class.
+                validation_images = evaluation.pick_images(self.splits.validation, num_images,
+                                                           num_examples["validation"], seed=int(config["seed"]))
+            else:
+                for x in self.splits.validation.take(1):
+                    validation_images = x.numpy()[:num_images]
         steps = self.steps_per_epoch(num_train) if num_train else None  # the progress bar's total
         reason = "max_epochs"
         try:
