@@ -60,7 +60,10 @@ def _elbo_terms(model):
     """A compiled `images -> loss_terms(images, beta=1)` for `model` (cached per model)."""
     fn = _ELBO_FUNCTIONS.get(model)
     if fn is None:
-        fn = tf.function(lambda x: model.loss_terms(x, beta=1.0, training=False), reduce_retracing=True)
+        def terms(x):
+            return model.loss_terms(x, beta=1.0, training=False)
+
+        fn = tf.function(terms, reduce_retracing=True, autograph=False)
         _ELBO_FUNCTIONS[model] = fn
     return fn
 
