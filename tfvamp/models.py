@@ -154,7 +154,8 @@ class LatentVariableModel(keras.Model):
         self.hidden_dtype = "mixed_bfloat16" if compute_dtype == "bfloat16" else "float32"
         image_shape = tuple(int(d) for d in image_shape)
         if len(image_shape) != 3 or min(image_shape) < 1:
-            raise ValueError(f"image_shape must be (height, width, channels) with positive sizes, got {image_shape}.")
+            raise ValueError("image_shape must be (height, width, channels) with positive sizes, "
+                             f"got {image_shape}.")
         for label, size in (("z1_size", z1_size), ("z2_size", z2_size)):
             if int(size) < 1:
                 raise ValueError(f"{label} must be >= 1, got {size}.")
@@ -192,8 +193,9 @@ class LatentVariableModel(keras.Model):
         """Draws `num_samples` latents per image from q and scores them.
 
         `encoded` is `_encode_x(x)`, computed once per batch (the importance sampler reuses it
-        for every chunk). `prior_dtype`: the dtype of the prior's mixture log-density (float64 in the importance
-        sampler, where the matmul expansion of `priors.mixture_log_prob` could cancel).
+        for every chunk). `prior_dtype`: the dtype of the prior's mixture log-density (float64
+        in the importance sampler, where the matmul expansion of `priors.mixture_log_prob`
+        could cancel).
 
         Returns (log p(x|z), log q(z|x), log p(z)), each `[S, B]`.
         """
@@ -215,8 +217,9 @@ class LatentVariableModel(keras.Model):
     def _check_input(self, x):
         x = tf.convert_to_tensor(x, dtype=tf.float32)
         if x.shape.rank != 4 or tuple(x.shape[1:]) != self.image_shape:
-            raise ValueError(f"{type(self).__name__} takes images of shape [batch, {', '.join(map(str, self.image_shape))}]"
-                             f" in [0, 1]; got shape {list(x.shape)}.")
+            shape = ", ".join(map(str, self.image_shape))
+            raise ValueError(f"{type(self).__name__} takes images of shape [batch, {shape}] in [0, 1]; "
+                             f"got shape {list(x.shape)}.")
         return x
 
     @staticmethod
@@ -304,7 +307,8 @@ class LatentVariableModel(keras.Model):
         acc0 = tf.fill(tf.shape(x)[:1], tf.constant(-np.inf, tf.float64))
 
         def body(i, acc):
-            log_px, log_q, log_p = self._terms(x, encoded, chunk, prior, None, False, tf.as_dtype(prior_dtype))
+            log_px, log_q, log_p = self._terms(x, encoded, chunk, prior, None, False,
+                                               tf.as_dtype(prior_dtype))
             log_w = tf.cast(log_px + log_p - log_q, tf.float64)  # [chunk, B]
             # The last chunk may run past S: mask its extra samples out.
             valid = tf.range(chunk) + i * chunk < num_samples
