@@ -71,7 +71,7 @@ def _run_worker(spec):
                                                      prior_dtype=spec["eval_prior_dtype"])
     if spec.get("pipeline"):
         splits = data.load("static_mnist", spec["batch_size"], manual_dir=spec.get("manual_dir"))
-        out["pipeline"] = profiling.benchmark_input_pipeline(trainer, splits.train, 50, x)
+        out["pipeline"] = profiling.benchmark_input_pipeline(trainer, splits.train, x)
     out["peak_rss_mb"] = profiling.peak_rss_bytes() / 2 ** 20
     print("RESULT " + json.dumps(out), flush=True)
 
