@@ -6,12 +6,12 @@ import os
 import subprocess
 import sys
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import tfvamp
+from helpers import train_briefly
 from tfvamp import checkpointing
 from tfvamp import evaluation
 
@@ -41,22 +41,6 @@ def _binary_data(n, seed=0):
     return np.where(rng.random(x.shape) < 0.05, 1.0 - x, x).astype(np.float32)
 
 
-def _train(model, data, steps=150, batch=32, lr=3e-3):
-    optimizer = keras.optimizers.Adam(lr)
-
-    @tf.function
-    def step(x):
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(model.loss_terms(x, training=True)["loss"])
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-
-    rng = np.random.default_rng(1)
-    for _ in range(steps):
-        step(tf.constant(data[rng.integers(0, len(data), batch)]))
-    return model
-
-
 @pytest.fixture(scope="module")
 def data():
     return _binary_data(512)
@@ -66,9 +50,9 @@ def data():
 def trained(data):
     """A VAE and an HVAE with VampPriors, trained a few steps on the synthetic binary data."""
     return {
-        "vae": _train(tfvamp.build_model("vae", "vampprior", SHAPE, "bernoulli", num_components=8,
+        "vae": train_briefly(tfvamp.build_model("vae", "vampprior", SHAPE, "bernoulli", num_components=8,
                                          z1_size=4, seed=1), data),
-        "hvae": _train(tfvamp.build_model("hvae", "vampprior", SHAPE, "bernoulli", num_components=8,
+        "hvae": train_briefly(tfvamp.build_model("hvae", "vampprior", SHAPE, "bernoulli", num_components=8,
                                           z1_size=4, z2_size=3, seed=2), data),
     }
 

@@ -9,12 +9,12 @@ import subprocess
 import sys
 import textwrap
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import tfvamp
+from helpers import train_briefly
 from tfvamp import checkpointing
 from tfvamp import export
 
@@ -100,23 +100,6 @@ def _binary_data(n, rng):
     return np.where(flip, 1.0 - x, x).astype(np.float32)
 
 
-def _train(model, data, steps=150, batch=32, lr=3e-3):
-    optimizer = keras.optimizers.Adam(lr)
-
-    @tf.function
-    def step(x):
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(model.loss_terms(x, training=True)["loss"])
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return loss
-
-    rng = np.random.default_rng(1)
-    for _ in range(steps):
-        step(tf.constant(data[rng.integers(0, len(data), batch)]))
-    return model
-
-
 def _run(argv, cwd, script=None):
     """Runs `python [-c script] argv...` in a fresh process; fails the test with its output."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
@@ -135,7 +118,7 @@ def served(tmp_path_factory):
     rng = np.random.default_rng(0)
     data = _binary_data(512, rng)
     models = {
-        "vae": _train(tfvamp.build_model("vae", "vampprior", SHAPE, "bernoulli", num_components=8,
+        "vae": train_briefly(tfvamp.build_model("vae", "vampprior", SHAPE, "bernoulli", num_components=8,
                                          z1_size=4, seed=1), data),
         "hvae_grey": tfvamp.build_model("hvae", "standard", SHAPE, "discretized_logistic", z1_size=3,
                                         z2_size=2, seed=2),
