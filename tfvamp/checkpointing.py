@@ -76,14 +76,15 @@ def load_config(model_dir):
         return json.load(f)
 
 
-def model_from_config(config, pseudo_inputs_data=None):
+def model_from_config(config, pseudo_inputs_data=None, for_restore=False):
     """Builds the (untrained) model a run config describes.
 
-    `vampprior_data` needs images to build; when none are given, zeros of the right shape
-    stand in, since the fixed pseudo-inputs are restored from the checkpoint anyway.
+    `vampprior_data` needs training images to build. With `for_restore=True` zeros of the
+    right shape stand in, since the fixed pseudo-inputs then come from a checkpoint; a model
+    about to be trained gets an error instead of blank pseudo-inputs.
     """
     shape = tuple(config["input_shape"])
-    if config["prior"] == "vampprior_data" and pseudo_inputs_data is None:
+    if config["prior"] == "vampprior_data" and pseudo_inputs_data is None and for_restore:
         pseudo_inputs_data = np.zeros((config["num_components"],) + shape, np.float32)
     return models.build_model(
         config["model"], config["prior"], shape, config["likelihood"],
@@ -112,6 +113,6 @@ def load_model(model_dir, which="best"):
     if path is None:
         raise FileNotFoundError(f"No {which!r} checkpoint in {model_dir!r} (looked in "
                                 f"{os.path.join(model_dir, BEST_DIR if which == 'best' else CHECKPOINT_DIR)}).")
-    model = model_from_config(config)
+    model = model_from_config(config, for_restore=True)
     tf.train.Checkpoint(model=model).restore(path).expect_partial().assert_existing_objects_matched()
     return model, config

@@ -275,12 +275,6 @@ def _pseudo_input_sampler(model):
     return draw
 
 
-def _pairs(originals, reconstructions):
-    """Interleaves originals and reconstructions: [o0, r0, o1, r1, ...]."""
-    stacked = np.stack([np.asarray(originals), np.asarray(reconstructions)], 1)
-    return stacked.reshape((-1,) + stacked.shape[2:])
-
-
 def write_pictures(model, images, picture_dir, *, log_likelihoods=None, writer=None, step=0, num_samples=64,
                    num_reconstructions=32, num_pseudo_inputs=8, samples_per_pseudo_input=8, seed=0,
                    prefix="eval"):
@@ -316,7 +310,7 @@ def write_pictures(model, images, picture_dir, *, log_likelihoods=None, writer=N
     if len(originals):
         recon = model.reconstruct(originals).numpy()
         columns = 2 * max(1, int(math.ceil(math.sqrt(len(originals)))))
-        grids["reconstructions"] = (_pairs(originals, recon), columns)
+        grids["reconstructions"] = (pictures.interleave(originals, recon), columns)
     if model.prior_name in VAMPPRIOR_PRIORS:
         u = model.prior_layer.pseudo_inputs().numpy()
         grids["pseudo_inputs"] = (u, None)

@@ -28,6 +28,12 @@ def image_grid(images, num_columns=None, padding=1, pad_value=1.0):
     return np.round(np.clip(grid, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
+def interleave(originals, reconstructions):
+    """`[o0, r0, o1, r1, ...]` from two `[N, H, W, C]` arrays: each image beside its reconstruction."""
+    stacked = np.stack([np.asarray(originals), np.asarray(reconstructions)], 1)
+    return stacked.reshape((-1,) + stacked.shape[2:])
+
+
 def save_png(path, grid):
     """Writes a uint8 grid `[GH, GW, C]` (C = 1 or 3) as a PNG file; returns the path."""
     grid = np.asarray(grid)

@@ -33,7 +33,6 @@ from tfvamp import checkpointing
 from tfvamp import distribute
 from tfvamp import evaluation
 from tfvamp import export
-from tfvamp import models
 from tfvamp import optimizers
 from tfvamp import pictures
 
@@ -175,12 +174,8 @@ class Trainer:
         # the initial weights (multi-worker runs also broadcast the chief's).
         keras.utils.set_random_seed(seed)
         with self.strategy.scope():
-            self.model = models.build_model(
-                config["model"], config["prior"], tuple(config["input_shape"]), config["likelihood"],
-                num_components=config["num_components"], z1_size=config["z1_size"],
-                z2_size=config["z2_size"], pseudo_inputs_mean=config["pseudo_inputs_mean"],
-                pseudo_inputs_std=config["pseudo_inputs_std"], pseudo_inputs_data=pseudo_inputs_data,
-                seed=seed, compute_dtype=config.get("compute_dtype", "float32"))
+            # The same config -> model mapping that load_model and export use.
+            self.model = checkpointing.model_from_config(self.config, pseudo_inputs_data)
             self.optimizer = optimizers.make_optimizer(config["optimizer"], config["lr"])
             self.optimizer.build(self.model.trainable_variables)  # slots exist before any restore
             # Run state, all in the checkpoint. beta is read inside the compiled step, so it
@@ -399,8 +394,7 @@ class Trainer:
                                        step=epoch)
             if validation is not None:
                 originals = validation[: max(1, n // 2)]
-                recon = self.model.reconstruct(originals).numpy()
-                pairs = np.stack([originals, recon], 1).reshape((-1,) + originals.shape[1:])
+                pairs = pictures.interleave(originals, self.model.reconstruct(originals).numpy())
                 pictures.tensorboard_image("images/reconstructions", pairs, step=epoch, num_columns=16)
             if hasattr(self.model.prior_layer, "pseudo_inputs"):
                 u = self.model.prior_layer.pseudo_inputs().numpy()
@@ -588,7 +582,9 @@ def evaluate_best(config, test_dataset, summary=None):
     step = int(summary.get("epochs_trained", 0))
     writer = tf.summary.create_file_writer(os.path.join(model_dir, checkpointing.TENSORBOARD_DIR))
     evaluation.write_summaries(writer, test, step=step, prefix="test")
-    images = np.concatenate([x.numpy() for x in dataset.take(1)], 0)
+    # Random positions: static MNIST's test file is in class order, its first batch one digit.
+    images = evaluation.pick_images(dataset, int(config["eval_batch_size"]), test["num_examples"],
+                                    seed=int(config["seed"]))
     pixel = config["model"] == "pixelhvae"  # autoregressive sampling is slow on CPU
     evaluation.write_pictures(model, images, os.path.join(model_dir, "pictures"),
                               log_likelihoods=per_example["log_likelihood"], writer=writer, step=step,
