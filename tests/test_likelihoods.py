@@ -90,6 +90,28 @@ def test_bernoulli_on_logits_matches_numpy():
     np.testing.assert_allclose(fast.numpy()[1], flipped, rtol=1e-10)
 
 
+@pytest.mark.parametrize("shape", [(28, 28, 1), (28, 20, 1), (13, 1, 1)])
+def test_grouped_bernoulli_sum_in_float32_with_extreme_logits(shape):
+    """The grouped product of (1 + exp(-|l|)) against SciPy, with logits up to +-120 (no
+    overflow), a prime pixel count (groups of one), and its written-out gradient."""
+    rng = np.random.default_rng(5)
+    logits = rng.normal(scale=6.0, size=(2, 3) + shape)
+    logits.reshape(-1)[:6] = [120.0, -120.0, 88.5, -88.5, 0.0, 1e-7]
+    x = (rng.uniform(size=(3,) + shape) < 0.5).astype(np.float32)
+    expected = (x * log_expit(logits) + (1 - x) * log_expit(-logits)).reshape(2, 3, -1).sum(-1)
+    l32 = tf.constant(logits, tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(l32)
+        value = likelihoods.log_prob("bernoulli", [l32], x)
+        weighted = tf.reduce_sum(value * tf.constant([[1.0], [2.0]]))
+    grad = tape.gradient(weighted, l32)
+    assert value.shape == (2, 3) and value.dtype == tf.float32
+    # float32 summation of terms up to 120: a few 1e-5 relative.
+    np.testing.assert_allclose(value.numpy(), expected, rtol=2e-6, atol=1e-3)
+    expected_grad = np.array([1.0, 2.0]).reshape(2, 1, 1, 1, 1) * (x - expit(logits))
+    np.testing.assert_allclose(grad.numpy(), expected_grad, atol=1e-6)
+
+
 def test_unknown_likelihood_names_the_choices():
     with pytest.raises(ValueError, match="bernoulli"):
         likelihoods.check_likelihood("gaussian")

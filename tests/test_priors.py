@@ -1,4 +1,5 @@
 """The five priors against NumPy/SciPy mixtures of diagonal Gaussians."""
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -92,6 +93,7 @@ def test_vampprior_data_uses_a_fixed_random_subset_of_training_images():
 
 def test_prior_sampling_draws_components_by_weight():
     """Components made far apart; sample frequencies follow the (learned) weights."""
+    keras.utils.set_random_seed(0)  # the encoder's other layers set the means too
     model = _vae("weighted_vampprior", k=4, latent=6)
     head = model.q_z_head
     kernel = np.zeros(head.kernel.shape, np.float32)
@@ -140,3 +142,28 @@ def test_fast_mixture_log_prob_matches_numpy_and_tfp(dtype, rtol):
     standard = _vae("standard").prior()
     np.testing.assert_allclose(priors.mixture_log_prob(standard, z[:, :6]).numpy(),
                                norm.logpdf(z.numpy()[:, :6].astype(np.float64)).sum(-1), rtol=1e-6)
+
+
+def test_by_image_mixture_log_prob_is_accurate_in_float32_where_the_plain_expansion_is_not():
+    """The importance sampler's centred form against SciPy in the hard case: narrow components
+    (variance at the e^-6 floor) far from the origin, samples near some of them."""
+    rng = np.random.default_rng(3)
+    k, d, num_images, num_samples = 200, 40, 5, 7
+    # Parameters in float32 from the start, so that the reference sees the same inputs.
+    means = rng.normal(scale=5.0, size=(k, d)).astype(np.float32)
+    logvars = (np.full((k, d), -6.0) + rng.uniform(0.0, 0.5, size=(k, d))).astype(np.float32)
+    logits = rng.normal(size=k).astype(np.float32)
+    centres = (means[rng.integers(0, k, num_images)] + rng.normal(scale=0.05, size=(num_images, d)))
+    z = centres[None] + rng.normal(scale=0.05, size=(num_samples, num_images, d))  # [S, B, D]
+    z_flat = z.reshape(-1, d).astype(np.float32)  # sample-major, as the models lay samples out
+    expected = _numpy_mixture_log_prob(z_flat.astype(np.float64), means, logvars, softmax(logits.astype(np.float64)))
+    dist = priors.gaussian_mixture(*(tf.constant(a) for a in (means, logvars, logits)))
+    by_image = priors.mixture_log_prob_by_image(dist, tf.constant(centres, tf.float32), tf.float32)
+    fast = by_image(tf.constant(z_flat)).numpy()
+    assert fast.shape == (num_samples * num_images,) and fast.dtype == np.float32
+    np.testing.assert_allclose(fast, expected, rtol=0, atol=1e-4)
+    plain = priors.mixture_log_prob(dist, tf.constant(z_flat), tf.float32).numpy()
+    assert np.abs(plain - expected).max() > 5 * np.abs(fast - expected).max()  # what centring buys
+    standard = priors.diagonal_gaussian(tf.zeros(d), tf.zeros(d))
+    np.testing.assert_allclose(priors.mixture_log_prob_by_image(standard, centres)(z_flat).numpy(),
+                               norm.logpdf(z_flat.astype(np.float64)).sum(-1), rtol=1e-5)

@@ -14,6 +14,7 @@ Three names, chosen with `--likelihood` or `build_model(..., likelihood=...)`:
 Every distribution here is pixel-wise (batch shape = the image shape); `distribution()`
 wraps it in `tfd.Independent` so that the event shape is the image `[H, W, C]`.
 """
+import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 from tensorflow_probability.python.internal import dtype_util
@@ -153,18 +154,51 @@ def distribution(name, params, event_ndims=3):
     return tfd.Independent(base, reinterpreted_batch_ndims=event_ndims)
 
 
+def _group_size(n, limit=32):
+    """The largest divisor of n that is <= limit."""
+    return max(g for g in range(1, min(n, limit) + 1) if n % g == 0)
+
+
+@tf.custom_gradient
+def _bernoulli_log_prob_sum(logits, x):
+    """sum_i [x_i l_i - softplus(l_i)] over the last axis of `[..., P]` logits; x broadcasts.
+
+    softplus(l) = relu(l) + log(1 + exp(-|l|)). Each factor 1 + exp(-|l|) lies in (1, 2], so a
+    product of up to 127 of them cannot overflow float32: one log per group of pixels replaces
+    a softplus per pixel (7.6 against 11 ms for 8900 x 784 logits here; rounding about 1e-6
+    nats per image). The gradient is written out (x - sigmoid(l)) rather than taken through
+    the product.
+    """
+    size = logits.shape[-1]
+    group = _group_size(size)
+    linear = tf.reduce_sum(x * logits - tf.nn.relu(logits), -1)
+    factors = 1.0 + tf.exp(-tf.abs(logits))
+    grouped = tf.reshape(factors, tf.concat([tf.shape(factors)[:-1], [size // group, group]], 0))
+    value = linear - tf.reduce_sum(tf.math.log(tf.reduce_prod(grouped, -1)), -1)
+
+    def grad(upstream):
+        return upstream[..., None] * (x - tf.sigmoid(logits)), None
+
+    return value, grad
+
+
 def log_prob(name, params, x, event_ndims=3):
     """`distribution(name, params).log_prob(x)`, with Bernoulli written out for speed.
 
     TFP's Bernoulli goes through a general cross-entropy that costs as much as the decoder in
-    the importance sampler; x * l - softplus(l) is the same quantity for x in {0, 1}.
-    x broadcasts against the parameters (`[B, H, W, C]` against `[S, B, H, W, C]`).
+    the importance sampler; x * l - softplus(l) is the same quantity for x in {0, 1}, summed
+    here with one log per group of pixels (`_bernoulli_log_prob_sum`).
+    x broadcasts into the parameters' shape (`[B, H, W, C]` against `[S, B, H, W, C]`).
     """
     if check_likelihood(name) != "bernoulli":
         return distribution(name, params, event_ndims).log_prob(x)
-    logits = params[0]
-    per_pixel = tf.cast(x, logits.dtype) * logits - tf.nn.softplus(logits)
-    return tf.reduce_sum(per_pixel, axis=list(range(-event_ndims, 0)))
+    logits = tf.convert_to_tensor(params[0])
+    x = tf.cast(x, logits.dtype)
+    if x.shape.rank > logits.shape.rank:  # keep the gradient's shape that of the logits
+        logits = tf.broadcast_to(logits, tf.broadcast_dynamic_shape(tf.shape(logits), tf.shape(x)))
+    pixels = int(np.prod(logits.shape[-event_ndims:]))
+    flat = lambda t: tf.reshape(t, tf.concat([tf.shape(t)[:-event_ndims], [pixels]], 0))  # noqa: E731
+    return _bernoulli_log_prob_sum(flat(logits), flat(x))
 
 
 def mean_image(name, params):

@@ -58,15 +58,28 @@ def gaussian_mixture(means, logvars, mixture_logits=None):
         components_distribution=diagonal_gaussian(means, logvars))
 
 
+def _mixture_parts(dist, dtype):
+    """(means, log_scales, inverse variances `[K, D]`, log-weights `[K]`) in `dtype`, or None
+    when `dist` is not a `gaussian_mixture`."""
+    components = getattr(dist, "components_distribution", None)
+    normal = getattr(components, "distribution", None)
+    if not isinstance(dist, tfd.MixtureSameFamily) or not isinstance(normal, tfd.Normal):
+        return None
+    means = tf.cast(tf.convert_to_tensor(normal.loc), dtype)
+    log_scale = tf.math.log(tf.cast(tf.convert_to_tensor(normal.scale), dtype))
+    log_weights = tf.nn.log_softmax(tf.cast(dist.mixture_distribution.logits_parameter(), dtype))
+    return means, log_scale, tf.exp(-2.0 * log_scale), log_weights
+
+
 def mixture_log_prob(dist, z, dtype=None):
     """`dist.log_prob(z)` for a prior of this module, fast for Gaussian mixtures.
 
     For `gaussian_mixture` distributions the K component densities come from one matmul:
     sum_d (z_d - m_kd)^2 / v_kd = [z^2, z] @ [1 / v_k; -2 m_k / v_k] + sum_d m_kd^2 / v_kd,
     which never forms the `[N, K, D]` intermediate of `MixtureSameFamily.log_prob` (about 10x
-    faster here, and memory-bounded for the importance sampler). The expansion cancels when
-    |z| is large against the component scale; pass `dtype=tf.float64` where that matters
-    (the test log-likelihood does). Other distributions fall back to `dist.log_prob`.
+    faster here). The expansion cancels when |z - m| is small against |z|: fine for training,
+    where rounding is noise; the importance sampler uses `mixture_log_prob_by_image`, which
+    centres on each image's posterior instead. Other distributions fall back to `dist.log_prob`.
 
     Args:
       dist: a distribution from `Prior.distribution`, event shape `[D]`.
@@ -76,24 +89,64 @@ def mixture_log_prob(dist, z, dtype=None):
     Returns:
       `[N]` log-densities.
     """
-    components = getattr(dist, "components_distribution", None)
-    normal = getattr(components, "distribution", None)
-    if not isinstance(dist, tfd.MixtureSameFamily) or not isinstance(normal, tfd.Normal):
-        return dist.log_prob(z)
     out_dtype = z.dtype
-    dtype = dtype or out_dtype
+    dtype = tf.as_dtype(dtype or out_dtype)
+    parts = _mixture_parts(dist, dtype)
+    if parts is None:
+        return dist.log_prob(z)
+    means, log_scale, inv_var, log_weights = parts
     z = tf.cast(z, dtype)
-    means = tf.cast(tf.convert_to_tensor(normal.loc), dtype)
-    log_scale = tf.math.log(tf.cast(tf.convert_to_tensor(normal.scale), dtype))
-    inv_var = tf.exp(-2.0 * log_scale)
     # Centre on the components' mean: smaller magnitudes, less cancellation.
     centre = tf.stop_gradient(tf.reduce_mean(means, 0))
     z, means = z - centre, means - centre
     quad = tf.matmul(tf.concat([tf.square(z), z], -1),
                      tf.concat([inv_var, -2.0 * means * inv_var], -1), transpose_b=True)  # [N, K]
     const = tf.reduce_sum(math.log(2.0 * math.pi) + 2.0 * log_scale + tf.square(means) * inv_var, -1)
-    log_weights = tf.nn.log_softmax(tf.cast(dist.mixture_distribution.logits_parameter(), dtype))
     return tf.cast(tf.reduce_logsumexp(log_weights - 0.5 * (quad + const), -1), out_dtype)
+
+
+def mixture_log_prob_by_image(dist, centres, dtype=tf.float32):
+    """A fast, well-conditioned `log p(z)` for many samples per image (the importance sampler).
+
+    Centres the matmul expansion of `mixture_log_prob` on each image's own point `c_b` (its
+    posterior mean): sum_d (z - m_k)^2 / v_k = [(z - c)^2, z - c] @ [1 / v_k; -2 (m_k - c) / v_k]
+    + sum_d (m_k - c)^2 / v_k. Samples of q(z|x_b) lie near c_b, so the terms are no larger
+    than the result for the components that carry the logsumexp, and float32 is accurate
+    (about 1e-5 nats against 0.05 for the uncentred float32 expansion in the tests' worst case).
+    The per-image `[B, K, 2D]` weights are built once here; the returned function then costs one
+    batched matmul per chunk of samples.
+
+    Args:
+      dist: a distribution from `Prior.distribution`, event shape `[D]`.
+      centres: `[B, D]`, one point per image (the posterior mean of the prior's latent).
+      dtype: compute dtype of the mixture's log-densities.
+
+    Returns:
+      A function `z -> log p(z)`: `[S * B, D]` laid out sample-major (row s * B + b belongs to
+      image b) -> `[S * B]` in z's dtype. Non-mixture priors fall back to `dist.log_prob`.
+    """
+    dtype = tf.as_dtype(dtype)
+    parts = _mixture_parts(dist, dtype)
+    if parts is None:
+        return dist.log_prob
+    means, log_scale, inv_var, log_weights = parts
+    centres = tf.cast(centres, dtype)
+    offsets = means[None] - centres[:, None]  # [B, K, D]
+    # -0.5 folded into the weights: the matmul gives -0.5 * quad directly.
+    weights = -0.5 * tf.concat([tf.broadcast_to(inv_var, tf.shape(offsets)), -2.0 * offsets * inv_var], -1)
+    bias = log_weights - 0.5 * tf.reduce_sum(
+        math.log(2.0 * math.pi) + 2.0 * log_scale + tf.square(offsets) * inv_var, -1)  # [B, K]
+    num_images, size = tf.shape(centres)[0], tf.shape(centres)[1]
+
+    def log_prob(z):
+        out_dtype = z.dtype
+        zc = tf.transpose(tf.reshape(tf.cast(z, dtype), [-1, num_images, size]), [1, 0, 2])
+        zc = zc - centres[:, None]  # [B, S, D]
+        terms = tf.matmul(tf.concat([tf.square(zc), zc], -1), weights, transpose_b=True)  # [B, S, K]
+        log_p = tf.reduce_logsumexp(terms + bias[:, None], -1)  # [B, S]
+        return tf.cast(tf.reshape(tf.transpose(log_p), [-1]), out_dtype)
+
+    return log_prob
 
 
 class Prior(keras.layers.Layer):

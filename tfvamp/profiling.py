@@ -16,6 +16,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework import ops as tf_ops
 
+from tfvamp import priors
+
 DENSE_OPS = ("MatMul", "BatchMatMulV2", "BatchMatMulV3", "Conv2D", "Conv2DBackpropInput",
              "Conv2DBackpropFilter", "DepthwiseConv2dNative")
 
@@ -154,7 +156,7 @@ def benchmark_input_pipeline(trainer, dataset, x, steps=None):
             "steps": num_steps}
 
 
-def evaluation_flops(model, batch_size, num_samples, chunk_size, prior_dtype="float64"):
+def evaluation_flops(model, batch_size, num_samples, chunk_size, prior_dtype="float32"):
     """Dense FLOPs of `model.log_likelihood` on a batch, counted from traced graphs.
 
     The estimator runs a set-up (prior: the pseudo-inputs' encodings; the batch's encoders)
@@ -167,15 +169,16 @@ def evaluation_flops(model, batch_size, num_samples, chunk_size, prior_dtype="fl
     def setup(x):
         prior = model.prior()
         encoded = model._encode_x(x)
+        log_prior = priors.mixture_log_prob_by_image(prior, encoded[model._top_mean_key], prior_dtype)
         floats = [t for t in tf.nest.flatten(prior, expand_composites=True) if t.dtype.is_floating]
-        return tf.nest.flatten(encoded) + floats, prior, encoded
+        return tf.nest.flatten(encoded) + floats, log_prior, encoded
 
     def setup_only(x):
         return setup(x)[0]
 
     def setup_and_chunk(x):
-        tensors, prior, encoded = setup(x)
-        terms = model._terms(x, encoded, int(chunk_size), prior, None, False, tf.as_dtype(prior_dtype))
+        tensors, log_prior, encoded = setup(x)
+        terms = model._terms(x, encoded, int(chunk_size), log_prior, None, False)
         return tensors + list(terms)
 
     base = graph_flops(tf.function(setup_only).get_concrete_function(x))["total"]
@@ -184,7 +187,7 @@ def evaluation_flops(model, batch_size, num_samples, chunk_size, prior_dtype="fl
     return (base + num_chunks * (with_chunk - base)) / int(batch_size)
 
 
-def benchmark_evaluation(model, x, num_samples, chunk_size=None, repeats=2, prior_dtype="float64"):
+def benchmark_evaluation(model, x, num_samples, chunk_size=None, repeats=2, prior_dtype="float32"):
     """Times `model.log_likelihood(x, num_samples)` (IS, float64 accumulation).
 
     Returns a dict: images_per_second (best of `repeats`), chunk_size, flops_per_image.
