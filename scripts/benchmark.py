@@ -35,7 +35,7 @@ flags.DEFINE_integer("eval_images", 100, "Test images timed for the MLP models (
 flags.DEFINE_integer("conv_eval_images", 2, "Test images timed for convHVAE and PixelHVAE (each takes "
                      "seconds at S=5000).")
 flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "Hidden-layer compute dtype.")
-flags.DEFINE_enum("eval_prior_dtype", "float64", ["float64", "float32"],
+flags.DEFINE_enum("eval_prior_dtype", "float32", ["float64", "float32"],
                   "Precision of the mixture prior's log-density in the IS estimator.")
 flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA for the train step.")
 flags.DEFINE_integer("repeats", 5, "Timed repeats (the median is reported).")
