@@ -163,18 +163,19 @@ def _group_size(n, limit=32):
 def _bernoulli_log_prob_sum(logits, x):
     """sum_i [x_i l_i - softplus(l_i)] over the last axis of `[..., P]` logits; x broadcasts.
 
-    softplus(l) = relu(l) + log(1 + exp(-|l|)). Each factor 1 + exp(-|l|) lies in (1, 2], so a
-    product of up to 127 of them cannot overflow float32: one log per group of pixels replaces
-    a softplus per pixel (7.6 against 11 ms for 8900 x 784 logits here; rounding about 1e-6
-    nats per image). The gradient is written out (x - sigmoid(l)) rather than taken through
-    the product.
+    Per pixel, x l - softplus(l) = (x - 1/2) l - |l| / 2 + log sigmoid(|l|). sigmoid(|l|) lies
+    in [1/2, 1], so a product of up to 126 of them cannot underflow float32: one log per group
+    of pixels replaces a softplus per pixel, and no op needs exp of a positive number (5.7
+    against 11 ms for 8900 x 784 logits here; rounding about 1e-6 nats per group). The
+    gradient is written out (x - sigmoid(l)) rather than taken through the product.
     """
     size = logits.shape[-1]
     group = _group_size(size)
-    linear = tf.reduce_sum(x * logits - tf.nn.relu(logits), -1)
-    factors = 1.0 + tf.exp(-tf.abs(logits))
-    grouped = tf.reshape(factors, tf.concat([tf.shape(factors)[:-1], [size // group, group]], 0))
-    value = linear - tf.reduce_sum(tf.math.log(tf.reduce_prod(grouped, -1)), -1)
+    magnitude = tf.abs(logits)
+    linear = tf.reduce_sum((x - 0.5) * logits, -1) - 0.5 * tf.reduce_sum(magnitude, -1)
+    gates = tf.sigmoid(magnitude)
+    grouped = tf.reshape(gates, tf.concat([tf.shape(gates)[:-1], [size // group, group]], 0))
+    value = linear + tf.reduce_sum(tf.math.log(tf.reduce_prod(grouped, -1)), -1)
 
     def grad(upstream):
         return upstream[..., None] * (x - tf.sigmoid(logits)), None

@@ -132,18 +132,20 @@ def mixture_log_prob_by_image(dist, centres, dtype=tf.float32):
     means, log_scale, inv_var, log_weights = parts
     centres = tf.cast(centres, dtype)
     offsets = means[None] - centres[:, None]  # [B, K, D]
-    # -0.5 folded into the weights: the matmul gives -0.5 * quad directly.
-    weights = -0.5 * tf.concat([tf.broadcast_to(inv_var, tf.shape(offsets)), -2.0 * offsets * inv_var], -1)
+    # The matmul gives the whole exponent: -0.5 folded into the weights, and the constant
+    # (log-weight and normaliser) as one more row against a column of ones.
     bias = log_weights - 0.5 * tf.reduce_sum(
         math.log(2.0 * math.pi) + 2.0 * log_scale + tf.square(offsets) * inv_var, -1)  # [B, K]
+    weights = tf.concat([-0.5 * tf.broadcast_to(inv_var, tf.shape(offsets)), offsets * inv_var,
+                         bias[..., None]], -1)  # [B, K, 2D + 1]
     num_images, size = tf.shape(centres)[0], tf.shape(centres)[1]
 
     def log_prob(z):
         out_dtype = z.dtype
         zc = tf.transpose(tf.reshape(tf.cast(z, dtype), [-1, num_images, size]), [1, 0, 2])
         zc = zc - centres[:, None]  # [B, S, D]
-        terms = tf.matmul(tf.concat([tf.square(zc), zc], -1), weights, transpose_b=True)  # [B, S, K]
-        log_p = tf.reduce_logsumexp(terms + bias[:, None], -1)  # [B, S]
+        features = tf.concat([tf.square(zc), zc, tf.ones_like(zc[..., :1])], -1)
+        log_p = tf.reduce_logsumexp(tf.matmul(features, weights, transpose_b=True), -1)  # [B, S]
         return tf.cast(tf.reshape(tf.transpose(log_p), [-1]), out_dtype)
 
     return log_prob
