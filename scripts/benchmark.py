@@ -138,6 +138,9 @@ def main(argv):
     peak_bf16 = profiling.matmul_peak(dtype=tf.bfloat16)
     print(f"machine: {machine}")
     print(f"dense matmul peak: float32 {peak / 1e9:.0f} GFLOP/s, bfloat16 {peak_bf16 / 1e9:.0f} GFLOP/s", flush=True)
+    if FLAGS.pipeline and not FLAGS.quick and not manual_dir:
+        print("note: skipping the input-pipeline check (--pipeline): it reads static MNIST from its original "
+              "files; pass --manual_dir or set TFVAMP_MANUAL_DIR (e.g. ../shared/data).", flush=True)
     rows = []
     for model in models:
         conv = model in ("convhvae", "pixelhvae")
