@@ -30,6 +30,12 @@ flags.DEFINE_enum("split", "test", ("test", "validation"), "Which split to evalu
 flags.DEFINE_enum("which", "best", ("best", "latest"), "Best weights or the newest checkpoint.")
 flags.DEFINE_integer("eval_samples", 5000, "Importance samples S per image for log p(x).")
 flags.DEFINE_integer("chunk_size", 0, "Importance samples per network pass (0 = automatic, ~256 MB).")
+flags.DEFINE_enum("compute_dtype", None, ("float32", "bfloat16"),
+                  "Hidden-layer precision for this evaluation (default: the run's). bfloat16 is faster "
+                  "on CPUs with AVX512-BF16; see docs/benchmarks.md for its effect on the LL.")
+flags.DEFINE_enum("prior_dtype", "float32", ("float32", "float64"),
+                  "Precision of the mixture prior's log-density in the IS estimator (float32 is centred "
+                  "per image and within ~1e-5 nats of float64).")
 flags.DEFINE_integer("eval_batch_size", 0, "Images per batch (0 = the run's eval_batch_size, else 100).")
 flags.DEFINE_integer("max_batches", 0, "Evaluate only this many batches (0 = the whole split; "
                      "for smoke tests: the numbers then cover part of the split).")
@@ -128,7 +134,7 @@ def main(argv):
     from tfvamp import evaluation
 
     model_dir = FLAGS.model_dir
-    model, config = checkpointing.load_model(model_dir, FLAGS.which)
+    model, config = checkpointing.load_model(model_dir, FLAGS.which, compute_dtype=FLAGS.compute_dtype)
     batch_size = FLAGS.eval_batch_size or int(config.get("eval_batch_size") or 100)
     if FLAGS.images:
         split = os.path.splitext(os.path.basename(FLAGS.images))[0]
@@ -141,10 +147,11 @@ def main(argv):
 
     summary, per_example = evaluation.evaluate(
         model, dataset, num_samples=FLAGS.eval_samples, chunk_size=FLAGS.chunk_size or None,
-        progress=FLAGS.progress)
+        prior_dtype=FLAGS.prior_dtype, progress=FLAGS.progress)
     checkpoint = checkpointing.checkpoint_path(model_dir, FLAGS.which)
     extra = {"checkpoint": os.path.relpath(checkpoint, model_dir),
-             "dataset": FLAGS.images or FLAGS.dataset or config.get("dataset"), "partial": bool(FLAGS.max_batches)}
+             "dataset": FLAGS.images or FLAGS.dataset or config.get("dataset"), "partial": bool(FLAGS.max_batches),
+             "compute_dtype": config.get("compute_dtype", "float32"), "prior_dtype": FLAGS.prior_dtype}
     results_path = evaluation.save_results(model_dir, summary, split, **extra)
     np.savez(os.path.join(model_dir, f"eval_{split}.npz"), **per_example)
 

@@ -269,3 +269,26 @@ def test_evaluate_script(trained, data, tmp_path):
     tags = _event_tags(str(run / "tensorboard" / "eval"))
     assert {"eval_test/log_likelihood", "eval_test/elbo", "eval_test/active_units_z",
             "eval_test/samples", "eval_test/log_likelihood_histogram", "eval_test/per_example_log_likelihood"} <= tags
+
+
+def test_load_model_in_bfloat16_restores_the_float32_weights(trained, data, tmp_path):
+    """A float32 run evaluated with bfloat16 hidden layers: same weights, close ELBO terms, and
+    the estimator's precision options reach `log_likelihood`."""
+    model = trained["hvae"]
+    run = tmp_path / "run"
+    config = {"model": "hvae", "prior": "vampprior", "likelihood": "bernoulli", "input_shape": list(SHAPE),
+              "num_components": 8, "z1_size": 4, "z2_size": 3, "pseudo_inputs_mean": 0.05,
+              "pseudo_inputs_std": 0.01, "seed": 2}
+    checkpointing.save_config(str(run), config)
+    tf.train.Checkpoint(model=model).save(str(run / checkpointing.BEST_DIR / "ckpt"))
+    mixed, used = checkpointing.load_model(str(run), compute_dtype="bfloat16")
+    assert used["compute_dtype"] == "bfloat16" and mixed.q_z2.layers[-1].compute_dtype == "bfloat16"
+    for a, b in zip(model.weights, mixed.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    x = data[:16]
+    exact = model.loss_terms(x, noise_fn=tf.zeros)["loss"].numpy()
+    np.testing.assert_allclose(mixed.loss_terms(x, noise_fn=tf.zeros)["loss"].numpy(), exact, rtol=0.05)
+    summary, _ = evaluation.evaluate(mixed, _dataset(x), num_samples=10, prior_dtype="float64", progress=False)
+    assert summary["log_likelihood"] >= summary["elbo"] - 2.0  # a sane estimate from the bf16 model
+    with pytest.raises(ValueError, match="prior_dtype"):
+        evaluation.evaluate(mixed, _dataset(x), num_samples=10, prior_dtype="float16", progress=False)
