@@ -113,7 +113,7 @@ def mixture_log_prob_by_image(dist, centres, dtype=tf.float32):
     + sum_d (m_k - c)^2 / v_k. Samples of q(z|x_b) lie near c_b, so the terms are no larger
     than the result for the components that carry the logsumexp, and float32 is accurate
     (about 1e-5 nats against 0.05 for the uncentred float32 expansion in the tests' worst case).
-    The per-image `[B, K, 2D]` weights are built once here; the returned function then costs one
+    The per-image `[B, K, 2D + 1]` weights are built once here; the returned function then costs one
     batched matmul per chunk of samples.
 
     Args:
