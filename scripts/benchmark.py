@@ -42,7 +42,8 @@ flags.DEFINE_integer("repeats", 5, "Timed repeats (the median is reported).")
 flags.DEFINE_bool("pipeline", True, "Also time the full loop over real static MNIST against the step alone "
                   "(needs the data files: --manual_dir or $TFVAMP_MANUAL_DIR).")
 flags.DEFINE_string("manual_dir", None, "Original data files (for --pipeline).")
-flags.DEFINE_bool("quick", False, "Smoke test: VAE and HVAE, K in {1, 50}, S=50, few repeats.")
+flags.DEFINE_bool("quick", False, "Smoke test: VAE and HVAE, K in {1, 50}, S=50, 2 repeats (flags given "
+                  "explicitly, e.g. --models, win).")
 flags.DEFINE_string("output_json", None, "Write all numbers here as JSON.")
 flags.DEFINE_string("worker", None, "Internal: run one configuration (JSON) and print its numbers.")
 
@@ -128,10 +129,17 @@ def main(argv):
     from tfvamp import profiling  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-    models = ["vae", "hvae"] if FLAGS.quick else FLAGS.models
-    components = [1, 50] if FLAGS.quick else [int(k) for k in FLAGS.components]
-    eval_samples = 50 if FLAGS.quick else FLAGS.eval_samples
-    repeats = 2 if FLAGS.quick else FLAGS.repeats
+    # --quick shrinks what the user did not set explicitly.
+    quick = lambda name, small, full: small if FLAGS.quick and not FLAGS[name].present else full  # noqa: E731
+    models = quick("models", ["vae", "hvae"], FLAGS.models)
+    unknown = sorted(set(models) - {"vae", "hvae", "convhvae", "pixelhvae"})
+    if unknown:
+        raise app.UsageError(f"--models: unknown model(s) {unknown}; choose from vae, hvae, convhvae, pixelhvae.")
+    components = quick("components", [1, 50], [int(k) for k in FLAGS.components])
+    if min(components) < 1:
+        raise app.UsageError(f"--components must all be >= 1, got {components}.")
+    eval_samples = quick("eval_samples", 50, FLAGS.eval_samples)
+    repeats = quick("repeats", 2, FLAGS.repeats)
     manual_dir = FLAGS.manual_dir or os.environ.get("TFVAMP_MANUAL_DIR")
     machine = _machine()
     peak = profiling.matmul_peak()

@@ -1,0 +1,83 @@
+"""Benchmark machinery: FLOP counts against closed forms from the layer shapes, and the
+benchmark script end to end in its quick mode."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfvamp
+from tfvamp import models
+from tfvamp import profiling
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_graph_flops_counts_a_matmul_forward_and_backward():
+    m, k, n = 6, 5, 7
+    w = tf.Variable(tf.ones([k, n]))
+
+    @tf.function
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(tf.matmul(x, w))
+        return tape.gradient(loss, [x, w])
+
+    counts = profiling.graph_flops(step.get_concrete_function(tf.TensorSpec([m, k])))
+    # forward x @ w, backward dx = g @ w^T and dw = x^T @ g: 2 m k n FLOPs each.
+    assert counts["total"] == 3 * 2 * m * k * n
+
+
+def test_graph_flops_refuses_unknown_shapes():
+    fn = tf.function(lambda x: tf.matmul(x, tf.ones([3, 2])))
+    with pytest.raises(ValueError, match="static"):
+        profiling.graph_flops(fn.get_concrete_function(tf.TensorSpec([None, 3])))
+
+
+@pytest.mark.parametrize("prior", ["standard", "vampprior"])
+def test_evaluation_flops_match_the_layer_shapes(prior):
+    """FLOPs per evaluated image of the VAE's importance sampler, written out from the paper's
+    architecture: encoder on the batch and the K pseudo-inputs once, decoder and prior per sample."""
+    shape, d, k, batch, chunk, samples = (6, 5, 1), 4, 3, 2, 5, 20
+    pixels, hidden = int(np.prod(shape)), models.HIDDEN
+    model = tfvamp.build_model("vae", prior, shape, "bernoulli", num_components=k, z1_size=d)
+    gated = lambda fan_in: 2 * fan_in * hidden  # noqa: E731  (two kernels per gated layer)
+    encoder = gated(pixels) + gated(hidden) + hidden * 2 * d  # multiply-adds per image
+    decoder = gated(d) + gated(hidden) + hidden * pixels
+    if prior == "vampprior":
+        setup = (batch + k) * encoder  # the batch and the pseudo-inputs
+        per_sample = decoder + (2 * d + 1) * k  # the centred mixture's batched matmul
+    else:
+        setup, per_sample = batch * encoder, decoder
+    expected = 2 * (setup + samples * batch * per_sample) / batch
+    assert profiling.evaluation_flops(model, batch, samples, chunk) == pytest.approx(expected, rel=1e-12)
+
+
+def test_benchmark_script_quick(tmp_path):
+    """scripts/benchmark.py --quick on one small configuration: JSON rows and a table whose
+    fractions are the FLOP rates over the measured peak."""
+    out = tmp_path / "bench.json"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"), "--quick", "--models=vae",
+         "--components=2", "--nopipeline", f"--output_json={out}"],
+        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert [(r["model"], r["prior"], r["k"]) for r in result["rows"]] == [("vae", "standard", 1),
+                                                                          ("vae", "vampprior", 2)]
+    peak = result["matmul_peak_flops"]
+    assert peak > 1e9 and result["eval_samples"] == 50
+    table = proc.stdout[proc.stdout.index("model | prior"):]
+    for row, line in zip(result["rows"], table.splitlines()[2:]):
+        train = row["train"]
+        assert train["flops_per_step"] > 0 and train["seconds_per_step"] > 0
+        assert row["eval"]["flops_per_image"] > 0 and row["peak_rss_mb"] > 0
+        percent = 100 * train["flops_per_step"] / train["seconds_per_step"] / peak
+        assert line.split(" | ")[8] == f"{percent:.0f}%"
+    assert result["rows"][1]["overhead"] == pytest.approx(
+        result["rows"][1]["train"]["seconds_per_step"] / result["rows"][0]["train"]["seconds_per_step"])
