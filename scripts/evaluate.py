@@ -50,7 +50,8 @@ flags.DEFINE_integer("num_pictures", 64, "Samples drawn from the model for the p
 flags.DEFINE_integer("num_reconstructions", 32, "Test images shown next to their reconstructions.")
 flags.DEFINE_integer("num_pseudo_inputs", 8, "Pseudo-inputs to generate from (VampPrior priors).")
 flags.DEFINE_integer("samples_per_pseudo_input", 8, "Images generated from each chosen pseudo-input.")
-flags.DEFINE_integer("seed", 0, "Seed of the pictures' samples and the choice of pseudo-inputs.")
+flags.DEFINE_integer("seed", 0, "Seed of the importance samples (batch i uses seed + i), the pictures' "
+                     "samples and the choice of pseudo-inputs: the same command gives the same numbers.")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
 flags.DEFINE_bool("benchmark", False, "Time the evaluation of a randomly initialised model on random binary "
                   "28x28 images instead (no --model_dir): prints images/s at --eval_samples.")
@@ -147,7 +148,7 @@ def main(argv):
 
     summary, per_example = evaluation.evaluate(
         model, dataset, num_samples=FLAGS.eval_samples, chunk_size=FLAGS.chunk_size or None,
-        prior_dtype=FLAGS.prior_dtype, progress=FLAGS.progress)
+        prior_dtype=FLAGS.prior_dtype, seed=FLAGS.seed, progress=FLAGS.progress)
     checkpoint = checkpointing.checkpoint_path(model_dir, FLAGS.which)
     extra = {"checkpoint": os.path.relpath(checkpoint, model_dir),
              "dataset": FLAGS.images or FLAGS.dataset or config.get("dataset"), "partial": bool(FLAGS.max_batches),

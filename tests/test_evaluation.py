@@ -292,3 +292,12 @@ def test_load_model_in_bfloat16_restores_the_float32_weights(trained, data, tmp_
     assert summary["log_likelihood"] >= summary["elbo"] - 2.0  # a sane estimate from the bf16 model
     with pytest.raises(ValueError, match="prior_dtype"):
         evaluation.evaluate(mixed, _dataset(x), num_samples=10, prior_dtype="float16", progress=False)
+
+
+def test_evaluate_with_a_seed_is_reproducible(trained, data):
+    model, dataset = trained["vae"], _dataset(data[:32])
+    _, first = evaluation.evaluate(model, dataset, num_samples=8, seed=5, progress=False)
+    _, again = evaluation.evaluate(model, dataset, num_samples=8, seed=5, progress=False)
+    _, other = evaluation.evaluate(model, dataset, num_samples=8, seed=6, progress=False)
+    np.testing.assert_array_equal(first["log_likelihood"], again["log_likelihood"])
+    assert np.all(first["log_likelihood"] != other["log_likelihood"])

@@ -203,3 +203,12 @@ def test_float32_prior_in_the_estimator_agrees_with_float64():
     np.testing.assert_allclose(terms[tf.float32][2].numpy(), terms[tf.float64][2].numpy(), atol=1e-4)
     with pytest.raises(ValueError, match="prior_dtype"):
         model.log_likelihood(x, num_samples=4, prior_dtype="float16")
+
+
+def test_log_likelihood_seed_makes_it_reproducible():
+    model = _small("hvae", "vampprior")
+    x = _binary(3)
+    first = model.log_likelihood(x, num_samples=12, chunk_size=5, seed=7).numpy()
+    np.testing.assert_array_equal(model.log_likelihood(x, num_samples=12, chunk_size=5, seed=7).numpy(), first)
+    assert np.all(model.log_likelihood(x, num_samples=12, chunk_size=5, seed=8).numpy() != first)
+    assert np.all(model.log_likelihood(x, num_samples=12, chunk_size=5).numpy() != first)  # seed drawn afresh

@@ -116,7 +116,8 @@ def active_units(model, dataset, threshold=ACTIVE_UNIT_THRESHOLD):
     return count_active_units(posterior_means(model, dataset), threshold)
 
 
-def evaluate(model, dataset, *, num_samples=5000, chunk_size=None, prior_dtype="float32", progress=True):
+def evaluate(model, dataset, *, num_samples=5000, chunk_size=None, prior_dtype="float32", seed=None,
+             progress=True):
     """Importance-sampled log-likelihood, ELBO, bits/dim and active units over a dataset.
 
     Args:
@@ -126,6 +127,8 @@ def evaluate(model, dataset, *, num_samples=5000, chunk_size=None, prior_dtype="
       chunk_size: importance samples per network pass (default: the model's, ~256 MB).
       prior_dtype: precision of the mixture prior's log-density in the estimator ('float32',
         centred per image, or 'float64'; see `model.log_likelihood`).
+      seed: an int makes the log-likelihoods reproducible (batch i draws its samples from
+        seed + i); None uses TensorFlow's global generator.
       progress: show a tqdm bar over batches with the images per second.
 
     Returns:
@@ -147,9 +150,9 @@ def evaluate(model, dataset, *, num_samples=5000, chunk_size=None, prior_dtype="
         from tqdm.auto import tqdm
         bar = tqdm(total=_num_batches(dataset), unit="batch", desc=f"evaluating (S={num_samples})")
     count, start = 0, time.perf_counter()
-    for x in _batches(dataset):
-        lls.append(model.log_likelihood(x, num_samples=num_samples, chunk_size=chunk_size,
-                                        prior_dtype=prior_dtype).numpy())
+    for index, x in enumerate(_batches(dataset)):
+        lls.append(model.log_likelihood(x, num_samples=num_samples, chunk_size=chunk_size, prior_dtype=prior_dtype,
+                                        seed=None if seed is None else int(seed) + index).numpy())
         terms = elbo_terms(x)
         elbos.append(-terms["loss"].numpy())
         recons.append(terms["reconstruction"].numpy())

