@@ -33,6 +33,7 @@ from tfvamp import checkpointing
 from tfvamp import distribute
 from tfvamp import evaluation
 from tfvamp import export
+from tfvamp import models
 from tfvamp import optimizers
 from tfvamp import pictures
 
@@ -120,18 +121,15 @@ def resolve_jit(setting, model_name, num_replicas=1):
 def _replica_noise_fn(seed, replica_id, num_replicas):
     """noise_fn for `loss_terms`: this replica's rows of one global standard-normal draw.
 
-    `shape` = [S, B_local, D]; the draw is [S, B_local * num_replicas, D] from `seed` folded
-    with a per-call counter (HVAE draws twice per step, z2 then z1, with different D), and
-    replica r keeps rows [r * B_local, (r + 1) * B_local) of axis 1.
+    `shape` = [S, B_local, D]; the draw is [S, B_local * num_replicas, D], from
+    `models.stateless_noise_fn(seed)` (a new stream per draw site: the HVAE draws z2, then z1),
+    and replica r keeps rows [r * B_local, (r + 1) * B_local) of axis 1.
     """
-    calls = [0]
+    draw = models.stateless_noise_fn(seed)
 
     def noise_fn(shape):
         shape = tf.cast(tf.convert_to_tensor(shape), tf.int32)
-        call_seed = tf.random.experimental.stateless_fold_in(seed, calls[0])
-        calls[0] += 1  # Python, at trace time: each draw site gets its own seed
-        full = tf.stack([shape[0], shape[1] * num_replicas, shape[2]])
-        eps = tf.random.stateless_normal(full, call_seed)
+        eps = draw(tf.stack([shape[0], shape[1] * num_replicas, shape[2]]))
         return tf.slice(eps, tf.stack([0, replica_id * shape[1], 0]), shape)
 
     return noise_fn
