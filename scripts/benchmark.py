@@ -45,12 +45,16 @@ flags.DEFINE_string("manual_dir", None, "Original data files (for --pipeline).")
 flags.DEFINE_bool("quick", False, "Smoke test: VAE and HVAE, K in {1, 50}, S=50, 2 repeats (flags given "
                   "explicitly, e.g. --models, win).")
 flags.DEFINE_string("output_json", None, "Write all numbers here as JSON.")
+flags.DEFINE_integer("op_profile", 0, "Also print the N slowest ops of each configuration's train step and "
+                     "evaluation (a TensorFlow profiler trace; 0 = off).")
 flags.DEFINE_string("worker", None, "Internal: run one configuration (JSON) and print its numbers.")
 
 
 # ---- one configuration, in its own process ------------------------------------------------
 def _run_worker(spec):
     import numpy as np  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
     from tfvamp import data, profiling, training  # pylint: disable=import-outside-toplevel
     from tfvamp import flags as tflags  # pylint: disable=import-outside-toplevel
 
@@ -70,6 +74,14 @@ def _run_worker(spec):
         out["eval"] = profiling.benchmark_evaluation(trainer.model, x_eval, spec["eval_samples"],
                                                      repeats=1 if spec["quick"] else 2,
                                                      prior_dtype=spec["eval_prior_dtype"])
+    if spec.get("op_profile"):
+        top = int(spec["op_profile"])
+        out["train_ops"] = profiling.op_times(trainer.train_step, tf.constant(x), calls=10)[1][:top]
+        if spec.get("eval_images"):
+            x_eval = tf.constant(x[:spec["eval_images"]])
+            out["eval_ops"] = profiling.op_times(
+                lambda: trainer.model.log_likelihood(x_eval, spec["eval_samples"], prior_dtype=spec["eval_prior_dtype"]),
+                calls=1, warmup=1)[1][:top]
     if spec.get("pipeline"):
         splits = data.load("static_mnist", spec["batch_size"], manual_dir=spec.get("manual_dir"))
         out["pipeline"] = profiling.benchmark_input_pipeline(trainer, splits.train, x)
@@ -163,7 +175,7 @@ def main(argv):
                                     if prior == "standard" or k == 500 or FLAGS.quick else 0),
                     "pipeline": bool(FLAGS.pipeline and manual_dir and not FLAGS.quick and not conv
                                      and prior == "vampprior" and k == 500),
-                    "manual_dir": manual_dir}
+                    "manual_dir": manual_dir, "op_profile": FLAGS.op_profile}
             print(f"... {model} {prior}" + (f" K={k}" if prior != "standard" else ""), flush=True)
             row = _spawn(spec)
             if prior == "standard":
@@ -177,6 +189,11 @@ def main(argv):
                   + (f"; eval {row['eval']['images_per_second']:.2f} img/s" if "eval" in row else "")
                   + (f"; loop/step {row['pipeline']['loop_over_step']:.2f}" if "pipeline" in row else ""),
                   flush=True)
+            for key, label in (("train_ops", "train step"), ("eval_ops", "evaluation")):
+                if key in row:
+                    print(f"      slowest ops of the {label} (ms per call, overlapping):")
+                    for name, op_type, seconds, count in row[key]:
+                        print(f"      {1000 * seconds:8.2f}  {count:6.1f}x  {op_type:<24} {name}")
     print()
     print(_table(rows, peak))
     result = {"machine": machine, "matmul_peak_flops": peak, "matmul_peak_flops_bfloat16": peak_bf16,

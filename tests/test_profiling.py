@@ -38,6 +38,17 @@ def test_graph_flops_refuses_unknown_shapes():
         profiling.graph_flops(fn.get_concrete_function(tf.TensorSpec([None, 3])))
 
 
+def test_op_times_finds_the_ops_of_a_traced_call():
+    a, b = tf.random.normal([256, 256]), tf.random.normal([256, 256])
+    fn = tf.function(lambda a, b: tf.nn.relu(tf.matmul(a, b)) + 1.0)
+    wall, rows = profiling.op_times(fn, a, b, calls=3)
+    assert wall > 0
+    matmuls = [row for row in rows if "MatMul" in row[1]]
+    assert matmuls and matmuls[0][3] == pytest.approx(1.0)  # one per call
+    assert all(seconds >= 0 for _, _, seconds, _ in rows)
+    assert not any(name.startswith("ExecutorState") for name, _, _, _ in rows)
+
+
 @pytest.mark.parametrize("prior", ["standard", "vampprior"])
 def test_evaluation_flops_match_the_layer_shapes(prior):
     """FLOPs per evaluated image of the VAE's importance sampler, written out from the paper's
@@ -64,7 +75,7 @@ def test_benchmark_script_quick(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"), "--quick", "--models=vae",
-         "--components=2", "--nopipeline", f"--output_json={out}"],
+         "--components=2", "--nopipeline", "--op_profile=3", f"--output_json={out}"],
         cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -77,6 +88,7 @@ def test_benchmark_script_quick(tmp_path):
         train = row["train"]
         assert train["flops_per_step"] > 0 and train["seconds_per_step"] > 0
         assert row["eval"]["flops_per_image"] > 0 and row["peak_rss_mb"] > 0
+        assert len(row["train_ops"]) == 3 and len(row["eval_ops"]) == 3
         percent = 100 * train["flops_per_step"] / train["seconds_per_step"] / peak
         assert line.split(" | ")[8] == f"{percent:.0f}%"
     assert result["rows"][1]["overhead"] == pytest.approx(

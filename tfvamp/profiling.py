@@ -9,6 +9,7 @@ measures.
 """
 import collections
 import math
+import os
 import resource
 import time
 
@@ -204,3 +205,55 @@ def benchmark_evaluation(model, x, num_samples, chunk_size=None, repeats=2, prio
     return {"images_per_second": batch / best, "seconds": best, "chunk_size": chunk,
             "prior_dtype": prior_dtype,
             "flops_per_image": evaluation_flops(model, batch, num_samples, chunk, prior_dtype)}
+
+
+# ---- where the time goes ------------------------------------------------------------------------
+def op_times(fn, *args, calls=10, warmup=2):
+    """Per-op time of `calls` calls of `fn(*args)`, from a TensorFlow profiler trace.
+
+    TensorFlow's executor runs independent ops concurrently (two at a time on two cores), so
+    the times are each op's wall time while it ran, and they can sum to more than the calls'
+    wall time; read them as shares, not as a partition.
+
+    Returns:
+      (wall seconds per call, list of (op name, op type, seconds per call, count per call),
+      slowest first).
+    """
+    import collections  # pylint: disable=import-outside-toplevel
+    import glob  # pylint: disable=import-outside-toplevel
+    import shutil  # pylint: disable=import-outside-toplevel
+    import tempfile  # pylint: disable=import-outside-toplevel
+
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=import-outside-toplevel
+
+    for _ in range(warmup):
+        _block(fn(*args))
+    logdir = tempfile.mkdtemp(prefix="tfvamp_profile_")
+    try:
+        tf.profiler.experimental.start(logdir)
+        start = time.perf_counter()
+        for _ in range(calls):
+            out = fn(*args)
+        _block(out)
+        wall = (time.perf_counter() - start) / calls
+        tf.profiler.experimental.stop()
+        space = xplane_pb2.XSpace()
+        for path in glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True):
+            with open(path, "rb") as f:
+                space.MergeFromString(f.read())
+    finally:
+        shutil.rmtree(logdir, ignore_errors=True)
+    seconds, counts = collections.Counter(), collections.Counter()
+    for plane in space.planes:
+        for line in plane.lines:
+            if not line.name.startswith("tf_Compute"):  # the executor's op events
+                continue
+            for event in line.events:
+                name = plane.event_metadata[event.metadata_id].name
+                if ":" not in name or name.startswith(("ExecutorState", "ParallelFor")):
+                    continue  # executor bookkeeping, not an op
+                seconds[name] += event.duration_ps * 1e-12
+                counts[name] += 1
+    rows = [(name.rsplit(":", 1)[0], name.rsplit(":", 1)[1], total / calls, counts[name] / calls)
+            for name, total in seconds.most_common()]
+    return wall, rows
