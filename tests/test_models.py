@@ -6,7 +6,6 @@ from scipy.special import log_expit
 from scipy.stats import norm
 
 import tfvamp
-from tfvamp import priors
 
 BINARY = (28, 28, 1)
 FREY = (28, 20, 1)
@@ -196,11 +195,12 @@ def test_float32_prior_in_the_estimator_agrees_with_float64():
     model = _small("hvae", "vampprior")
     x = _binary(3)
     noise = lambda shape: tf.random.stateless_normal(shape, seed=[3, 4])  # noqa: E731
-    prior, encoded = model.prior(), model._encode_x(x)
-    terms = {dtype: model._terms(x, encoded, 8, priors.mixture_log_prob_by_image(prior, encoded["mean2"], dtype),
-                                 noise, False) for dtype in (tf.float32, tf.float64)}
-    np.testing.assert_array_equal(terms[tf.float32][0].numpy(), terms[tf.float64][0].numpy())  # same samples
-    np.testing.assert_allclose(terms[tf.float32][2].numpy(), terms[tf.float64][2].numpy(), atol=1e-4)
+    terms = {}
+    for dtype in ("float32", "float64"):
+        encoded, log_prior, _ = model._estimator_setup(x, dtype)
+        terms[dtype] = model._terms(x, encoded, 8, log_prior, noise, False)
+    np.testing.assert_array_equal(terms["float32"][0].numpy(), terms["float64"][0].numpy())  # same samples
+    np.testing.assert_allclose(terms["float32"][2].numpy(), terms["float64"][2].numpy(), atol=1e-4)
     with pytest.raises(ValueError, match="prior_dtype"):
         model.log_likelihood(x, num_samples=4, prior_dtype="float16")
 

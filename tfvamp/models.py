@@ -325,13 +325,19 @@ class LatentVariableModel(keras.Model):
             seed = tf.constant([int(seed), 0], tf.int32)
         return self._log_likelihood_graph(x, tf.constant(num_samples), tf.constant(chunk), prior_dtype, seed)
 
+    def _estimator_setup(self, x, prior_dtype="float32"):
+        """What the importance sampler computes once per batch: (`_encode_x(x)`, the prior's
+        log-density for `_terms`, centred on each image's top posterior mean, and the prior)."""
+        prior = self.prior()
+        encoded = self._encode_x(x)
+        log_prior = priors.mixture_log_prob_by_image(prior, encoded[self._top_mean_key], tf.as_dtype(prior_dtype))
+        return encoded, log_prior, prior
+
     @tf.function(reduce_retracing=True)
     def _log_likelihood_graph(self, x, num_samples, chunk, prior_dtype="float32", seed=None):
         if seed is None:
             seed = tf.random.uniform([2], maxval=2 ** 31 - 1, dtype=tf.int32)
-        encoded = self._encode_x(x)
-        log_prior = priors.mixture_log_prob_by_image(self.prior(), encoded[self._top_mean_key],
-                                                     tf.as_dtype(prior_dtype))
+        encoded, log_prior, _ = self._estimator_setup(x, prior_dtype)
         num_chunks = (num_samples + chunk - 1) // chunk
         acc0 = tf.fill(tf.shape(x)[:1], tf.constant(-np.inf, tf.float64))
 

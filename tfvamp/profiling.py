@@ -8,16 +8,17 @@ ops are counted ("model FLOPs"); element-wise work is real but is not what the m
 measures.
 """
 import collections
+import glob
 import math
 import os
 import resource
+import shutil
+import tempfile
 import time
 
 import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework import ops as tf_ops
-
-from tfvamp import priors
 
 DENSE_OPS = ("MatMul", "BatchMatMulV2", "BatchMatMulV3", "Conv2D", "Conv2DBackpropInput",
              "Conv2DBackpropFilter", "DepthwiseConv2dNative")
@@ -168,9 +169,7 @@ def evaluation_flops(model, batch_size, num_samples, chunk_size, prior_dtype="fl
     x = tf.zeros((int(batch_size),) + tuple(model.image_shape))
 
     def setup(x):
-        prior = model.prior()
-        encoded = model._encode_x(x)
-        log_prior = priors.mixture_log_prob_by_image(prior, encoded[model._top_mean_key], prior_dtype)
+        encoded, log_prior, prior = model._estimator_setup(x, prior_dtype)
         floats = [t for t in tf.nest.flatten(prior, expand_composites=True) if t.dtype.is_floating]
         return tf.nest.flatten(encoded) + floats, log_prior, encoded
 
@@ -219,11 +218,8 @@ def op_times(fn, *args, calls=10, warmup=2):
       (wall seconds per call, list of (op name, op type, seconds per call, count per call),
       slowest first).
     """
-    import collections  # pylint: disable=import-outside-toplevel
-    import glob  # pylint: disable=import-outside-toplevel
-    import shutil  # pylint: disable=import-outside-toplevel
-    import tempfile  # pylint: disable=import-outside-toplevel
 
+    # An internal module (TF 2.20's path), imported only when a trace is asked for.
     from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=import-outside-toplevel
 
     for _ in range(warmup):
