@@ -117,3 +117,38 @@ def test_unknown_likelihood_names_the_choices():
         likelihoods.check_likelihood("gaussian")
     with pytest.raises(ValueError, match="parameter maps"):
         likelihoods.distribution("discretized_logistic", [tf.zeros([1, 2, 2, 1])])
+
+
+@pytest.mark.parametrize("dtype,rtol", [(tf.float64, 1e-10), (tf.float32, 2e-5)])
+@pytest.mark.parametrize("pixels", [784, 13])
+def test_dense_bernoulli_from_the_head_features_matches_scipy(pixels, dtype, rtol):
+    """The importance sampler's Bernoulli (the linear term through the head's weights, |l|
+    from the matmul) against SciPy on the logits it stands for, and its gradients with
+    respect to features, kernel and bias against the closed form x - sigmoid(l)."""
+    rng = np.random.default_rng(11)
+    num_samples, num_images, width = 3, 4, 7
+    features = rng.normal(size=(num_samples, num_images, width))
+    kernel = rng.normal(scale=3.0, size=(width, pixels))
+    bias = rng.normal(scale=2.0, size=pixels)
+    bias[:2] = [80.0, -80.0]  # confident pixels, right and wrong
+    x = (rng.uniform(size=(num_images, pixels)) < 0.4).astype(np.float64)
+    weights = rng.uniform(0.5, 2.0, size=(num_samples, num_images))
+    if dtype == tf.float32:  # the reference sees the rounded inputs
+        features, kernel, bias = (a.astype(np.float32).astype(np.float64) for a in (features, kernel, bias))
+    logits = features @ kernel + bias  # [S, B, P]
+    expected = (x * log_expit(logits) + (1 - x) * log_expit(-logits)).sum(-1)
+    tensors = [tf.constant(a, dtype) for a in (features, kernel, bias)]
+    with tf.GradientTape() as tape:
+        tape.watch(tensors)
+        context = likelihoods.bernoulli_sampler_context(tf.constant(x, dtype), tensors[1], tensors[2])
+        value = likelihoods.bernoulli_log_prob_dense(*tensors, context)
+        weighted = tf.reduce_sum(value * tf.constant(weights, dtype))
+    grads = [g.numpy() for g in tape.gradient(weighted, tensors)]
+    assert value.shape == (num_samples, num_images) and value.dtype == dtype
+    np.testing.assert_allclose(value.numpy(), expected, rtol=rtol)
+    d_logits = weights[..., None] * (x - expit(logits))  # [S, B, P]
+    scale = np.abs(d_logits).sum() * np.abs(features).max()
+    np.testing.assert_allclose(grads[0], d_logits @ kernel.T, rtol=rtol, atol=rtol * scale)
+    np.testing.assert_allclose(grads[1], np.einsum("sbf,sbp->fp", features, d_logits), rtol=rtol,
+                               atol=rtol * scale)
+    np.testing.assert_allclose(grads[2], d_logits.sum((0, 1)), rtol=rtol, atol=rtol * np.abs(d_logits).sum())

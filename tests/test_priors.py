@@ -167,3 +167,28 @@ def test_by_image_mixture_log_prob_is_accurate_in_float32_where_the_plain_expans
     standard = priors.diagonal_gaussian(tf.zeros(d), tf.zeros(d))
     np.testing.assert_allclose(priors.mixture_log_prob_by_image(standard, centres)(z_flat).numpy(),
                                norm.logpdf(z_flat.astype(np.float64)).sum(-1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["samples far from the centres", "centres far from the components"])
+def test_by_image_mixture_log_prob_falls_back_when_its_shift_does_not_fit(case):
+    """The centred prior shifts its logsumexp by log p(centre); when a sample's density is
+    ~1e30 times smaller (or larger) than that, exp would underflow (overflow) in float32, and
+    the chunk must take the max-shifted path and still match SciPy."""
+    rng = np.random.default_rng(4)
+    k, d, num_images, num_samples = 30, 8, 3, 5
+    means = rng.normal(scale=3.0, size=(k, d)).astype(np.float32)
+    logvars = np.full((k, d), -4.0, np.float32)
+    logits = rng.normal(size=k).astype(np.float32)
+    near = means[rng.integers(0, k, num_images)] + rng.normal(scale=0.05, size=(num_images, d))
+    far = near + 1.0  # about 200 nats away under variances of e^-4
+    centres, points = (near, far) if case == "samples far from the centres" else (far, near)
+    z = (points[None] + rng.normal(scale=0.05, size=(num_samples, num_images, d))).reshape(-1, d)
+    z = z.astype(np.float32)
+    expected = _numpy_mixture_log_prob(z.astype(np.float64), means, logvars, softmax(logits.astype(np.float64)))
+    own = _numpy_mixture_log_prob(centres.astype(np.float32).astype(np.float64), means,
+                                  logvars, softmax(logits.astype(np.float64)))
+    assert np.abs(expected.reshape(num_samples, num_images) - own[None]).min() > 100  # the shift cannot fit
+    dist = priors.gaussian_mixture(*(tf.constant(a) for a in (means, logvars, logits)))
+    fast = priors.mixture_log_prob_by_image(dist, tf.constant(centres, tf.float32))(tf.constant(z)).numpy()
+    assert np.all(np.isfinite(fast))
+    np.testing.assert_allclose(fast, expected, rtol=0, atol=1e-4)

@@ -59,11 +59,13 @@ def test_evaluation_flops_match_the_layer_shapes(prior):
     gated = lambda fan_in: 2 * fan_in * hidden  # noqa: E731  (two kernels per gated layer)
     encoder = gated(pixels) + gated(hidden) + hidden * 2 * d  # multiply-adds per image
     decoder = gated(d) + gated(hidden) + hidden * pixels
+    # Once per batch the Bernoulli's linear term also goes through the head: (x - 1/2) @ W^T.
+    context = batch * pixels * hidden
     if prior == "vampprior":
-        setup = (batch + k) * encoder  # the batch and the pseudo-inputs
+        setup = (batch + k) * encoder + context  # the batch and the pseudo-inputs
         per_sample = decoder + (2 * d + 1) * k  # the centred mixture's batched matmul
     else:
-        setup, per_sample = batch * encoder, decoder
+        setup, per_sample = batch * encoder + context, decoder
     expected = 2 * (setup + samples * batch * per_sample) / batch
     assert profiling.evaluation_flops(model, batch, samples, chunk) == pytest.approx(expected, rel=1e-12)
 

@@ -159,6 +159,18 @@ def _group_size(n, limit=32):
     return max(g for g in range(1, min(n, limit) + 1) if n % g == 0)
 
 
+def _log_sigmoid_sum(magnitude):
+    """sum_i log sigmoid(m_i) over the last axis, m >= 0: one log per group of pixels.
+
+    sigmoid(m) lies in [1/2, 1], so a product of up to 126 of them cannot underflow float32.
+    """
+    size = magnitude.shape[-1]
+    group = _group_size(size)
+    gates = tf.sigmoid(magnitude)
+    grouped = tf.reshape(gates, tf.concat([tf.shape(gates)[:-1], [size // group, group]], 0))
+    return tf.reduce_sum(tf.math.log(tf.reduce_prod(grouped, -1)), -1), gates
+
+
 @tf.custom_gradient
 def _bernoulli_log_prob_sum(logits, x):
     """sum_i [x_i l_i - softplus(l_i)] over the last axis of `[..., P]` logits; x broadcasts.
@@ -169,18 +181,71 @@ def _bernoulli_log_prob_sum(logits, x):
     against 11 ms for 8900 x 784 logits here; rounding about 1e-6 nats per group). The
     gradient is written out (x - sigmoid(l)) rather than taken through the product.
     """
-    size = logits.shape[-1]
-    group = _group_size(size)
     magnitude = tf.abs(logits)
     linear = tf.reduce_sum((x - 0.5) * logits, -1) - 0.5 * tf.reduce_sum(magnitude, -1)
-    gates = tf.sigmoid(magnitude)
-    grouped = tf.reshape(gates, tf.concat([tf.shape(gates)[:-1], [size // group, group]], 0))
-    value = linear + tf.reduce_sum(tf.math.log(tf.reduce_prod(grouped, -1)), -1)
+    value = linear + _log_sigmoid_sum(magnitude)[0]
 
     def grad(upstream):
         return upstream[..., None] * (x - tf.sigmoid(logits)), None
 
     return value, grad
+
+
+@tf.custom_gradient
+def _bernoulli_even_sum(magnitude):
+    """-sum_i log(2 cosh(l_i / 2)) = sum_i [log sigmoid(|l_i|) - |l_i| / 2] from m = |l| `[..., P]`.
+
+    The part of x l - softplus(l) that does not depend on x; it is even in l, so |l| is all
+    it needs. Gradient with respect to m: 1/2 - sigmoid(m) (times sign(l) through |l|, which
+    gives the usual 1/2 - sigmoid(l)).
+    """
+    value, gates = _log_sigmoid_sum(magnitude)
+    value = value - 0.5 * tf.reduce_sum(magnitude, -1)
+
+    def grad(upstream):
+        return upstream[..., None] * (0.5 - gates)
+
+    return value, grad
+
+
+def bernoulli_sampler_context(x, kernel, bias):
+    """What `bernoulli_log_prob_dense` needs from the images, once per batch.
+
+    Args:
+      x: binary images flattened to `[B, P]`.
+      kernel, bias: the dense head's `[F, P]` and `[P]` (logits = features @ kernel + bias).
+
+    Returns:
+      (`[B, F]` kernel @ (x - 1/2), `[B]` bias . (x - 1/2)).
+    """
+    centred = tf.cast(x, kernel.dtype) - 0.5
+    return tf.matmul(centred, kernel, transpose_b=True), tf.reduce_sum(centred * bias, -1)
+
+
+def bernoulli_log_prob_dense(features, kernel, bias, context):
+    """sum_i log Bernoulli(x_i | l_i) with logits l = features @ kernel + bias, per sample.
+
+    Many samples share an image in the importance sampler, so the per-pixel work is cut:
+    x l - softplus(l) = (x - 1/2) l - log(2 cosh(l / 2)). Summed over pixels, the first term
+    is linear in the features, features . (kernel (x - 1/2)) + bias . (x - 1/2), with one
+    vector per image (`bernoulli_sampler_context`); the second is even in l, so only |l| is
+    needed, and |l| = leaky_relu(l, alpha=-1) is an activation oneDNN fuses into the matmul.
+    What is left per pixel is one sigmoid and a grouped product (`_bernoulli_even_sum`).
+
+    Args:
+      features: `[S, B, F]`, the head's input for S samples of each of B images.
+      kernel, bias: `[F, P]`, `[P]`.
+      context: `bernoulli_sampler_context(x, kernel, bias)` for the B images.
+
+    Returns:
+      `[S, B]`.
+    """
+    direction, offset = context
+    linear = tf.reduce_sum(features * direction, -1) + offset
+    # A 2-D matmul, so that the bias and |l| fuse into it.
+    logits = tf.nn.bias_add(tf.matmul(tf.reshape(features, [-1, features.shape[-1]]), kernel), bias)
+    even = _bernoulli_even_sum(tf.nn.leaky_relu(logits, alpha=-1.0))  # leaky_relu(l, -1) = |l|
+    return linear + tf.reshape(even, tf.shape(features)[:-1])
 
 
 def log_prob(name, params, x, event_ndims=3):

@@ -114,7 +114,10 @@ def mixture_log_prob_by_image(dist, centres, dtype=tf.float32):
     than the result for the components that carry the logsumexp, and float32 is accurate
     (about 1e-5 nats against 0.05 for the uncentred float32 expansion in the tests' worst case).
     The per-image `[B, K, 2D + 1]` weights are built once here; the returned function then costs one
-    batched matmul per chunk of samples.
+    batched matmul per chunk of samples. The logsumexp is shifted by log p(c_b), also folded into
+    the weights; a chunk whose sums of exps leave [1e-30, 1e30] (a sample very far from c_b)
+    takes the usual max-shifted logsumexp instead, so the result does not depend on the path
+    (on GPUs the check copies one boolean to the host per chunk).
 
     Args:
       dist: a distribution from `Prior.distribution`, event shape `[D]`.
@@ -136,16 +139,26 @@ def mixture_log_prob_by_image(dist, centres, dtype=tf.float32):
     # (log-weight and normaliser) as one more row against a column of ones.
     bias = log_weights - 0.5 * tf.reduce_sum(
         math.log(2.0 * math.pi) + 2.0 * log_scale + tf.square(offsets) * inv_var, -1)  # [B, K]
+    # The logsumexp's shift, log p(c_b), is folded into the constant row too, so the
+    # exponents come out of the matmul ready for exp (no max and subtract pass per chunk).
+    shift = tf.reduce_logsumexp(bias, -1)  # [B]
     weights = tf.concat([-0.5 * tf.broadcast_to(inv_var, tf.shape(offsets)), offsets * inv_var,
-                         bias[..., None]], -1)  # [B, K, 2D + 1]
+                         (bias - shift[:, None])[..., None]], -1)  # [B, K, 2D + 1]
     num_images, size = tf.shape(centres)[0], tf.shape(centres)[1]
+    # Sums of exps in this range are exact to float rounding; outside it the sample is far
+    # from c_b (exp could under- or overflow), and the chunk takes the usual max shift.
+    low, high = (1e-30, 1e30) if dtype == tf.float32 else (1e-290, 1e290)
 
     def log_prob(z):
         out_dtype = z.dtype
         zc = tf.transpose(tf.reshape(tf.cast(z, dtype), [-1, num_images, size]), [1, 0, 2])
         zc = zc - centres[:, None]  # [B, S, D]
         features = tf.concat([tf.square(zc), zc, tf.ones_like(zc[..., :1])], -1)
-        log_p = tf.reduce_logsumexp(tf.matmul(features, weights, transpose_b=True), -1)  # [B, S]
+        exponents = tf.matmul(features, weights, transpose_b=True)  # [B, S, K], minus log p(c_b)
+        total = tf.reduce_sum(tf.exp(exponents), -1)
+        in_range = tf.reduce_all((total > low) & (total < high))
+        log_p = tf.cond(in_range, lambda: tf.math.log(total),
+                        lambda: tf.reduce_logsumexp(exponents, -1)) + shift[:, None]  # [B, S]
         return tf.cast(tf.reshape(tf.transpose(log_p), [-1]), out_dtype)
 
     return log_prob
