@@ -113,7 +113,7 @@ def mixture_log_prob_by_image(dist, centres, dtype=tf.float32):
     + sum_d (m_k - c)^2 / v_k. Samples of q(z|x_b) lie near c_b, so the terms are no larger
     than the result for the components that carry the logsumexp, and float32 is accurate
     (about 1e-5 nats against 0.05 for the uncentred float32 expansion in the tests' worst case).
-    The per-image `[B, K, 2D + 1]` weights are built once here; the returned function then costs one
+    The per-image `[B, 2D + 1, K]` weights are built once here; the returned function then costs one
     batched matmul per chunk of samples. The logsumexp is shifted by log p(c_b), also folded into
     the weights; a chunk whose sums of exps leave [1e-30, 1e30] (a sample very far from c_b)
     takes the usual max-shifted logsumexp instead, so the result does not depend on the path
@@ -144,6 +144,7 @@ def mixture_log_prob_by_image(dist, centres, dtype=tf.float32):
     shift = tf.reduce_logsumexp(bias, -1)  # [B]
     weights = tf.concat([-0.5 * tf.broadcast_to(inv_var, tf.shape(offsets)), offsets * inv_var,
                          (bias - shift[:, None])[..., None]], -1)  # [B, K, 2D + 1]
+    weights = tf.transpose(weights, [0, 2, 1])  # [B, 2D + 1, K]: no transpose per chunk (1.8 vs 2.6 ms)
     num_images, size = tf.shape(centres)[0], tf.shape(centres)[1]
     # Sums of exps in this range are exact to float rounding; outside it the sample is far
     # from c_b (exp could under- or overflow), and the chunk takes the usual max shift.
@@ -154,7 +155,7 @@ def mixture_log_prob_by_image(dist, centres, dtype=tf.float32):
         zc = tf.transpose(tf.reshape(tf.cast(z, dtype), [-1, num_images, size]), [1, 0, 2])
         zc = zc - centres[:, None]  # [B, S, D]
         features = tf.concat([tf.square(zc), zc, tf.ones_like(zc[..., :1])], -1)
-        exponents = tf.matmul(features, weights, transpose_b=True)  # [B, S, K], minus log p(c_b)
+        exponents = tf.matmul(features, weights)  # [B, S, K], minus log p(c_b)
         total = tf.reduce_sum(tf.exp(exponents), -1)
         in_range = tf.reduce_all((total > low) & (total < high))
         log_p = tf.cond(in_range, lambda: tf.math.log(total),
