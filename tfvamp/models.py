@@ -255,7 +255,8 @@ class LatentVariableModel(keras.Model):
         """Draws `num_samples` latents per image from q and scores them.
 
         `encoded` is `_encode_x(x)`, computed once per batch (the importance sampler reuses it
-        for every chunk). `log_prior`: top latents `[S * B, D]` (sample-major) -> log p `[S * B]`,
+        for every chunk, and adds `px_context`, the head's `sampler_context(x)`, when the head
+        has one). `log_prior`: top latents `[S * B, D]` (sample-major) -> log p `[S * B]`,
         built once per call from the prior (`priors.mixture_log_prob` in training,
         `priors.mixture_log_prob_by_image` in the importance sampler).
 
