@@ -11,8 +11,10 @@ fixed batch, steps/s after compilation and warm-up (median of repeats), the Vamp
 overhead against the standard prior, importance-sampled evaluation throughput
 (`model.log_likelihood` at --eval_samples), and peak memory. FLOPs are counted from the traced
 graphs (tfvamp.profiling), never guessed; achieved FLOP rates are divided by the float32
-matmul throughput measured in the same run. Each configuration runs in its own process so
-that its peak memory is its own.
+matmul throughput measured in the same run (best of square sizes 1024-3072, at the start).
+The last column divides them instead by a matmul rate measured just before and after each
+timing, which separates a shared host's drift during a long run from the code's speed.
+Each configuration runs in its own process so that its peak memory is its own.
 """
 import json
 import os
@@ -68,12 +70,12 @@ def _run_worker(spec):
     rng = np.random.default_rng(0)
     x = (rng.uniform(size=(spec["batch_size"], 28, 28, 1)) < 0.13).astype(np.float32)
     out = {"model": spec["model"], "prior": spec["prior"], "k": spec["k"], "jit_compile": trainer.jit_compile,
-           "train": profiling.benchmark_training(trainer, x, repeats=spec["repeats"])}
+           "train": _beside_peak(lambda: profiling.benchmark_training(trainer, x, repeats=spec["repeats"]))}
     if spec.get("eval_images"):
         x_eval = x[:spec["eval_images"]]
-        out["eval"] = profiling.benchmark_evaluation(trainer.model, x_eval, spec["eval_samples"],
-                                                     repeats=1 if spec["quick"] else 2,
-                                                     prior_dtype=spec["eval_prior_dtype"])
+        out["eval"] = _beside_peak(lambda: profiling.benchmark_evaluation(
+            trainer.model, x_eval, spec["eval_samples"], repeats=1 if spec["quick"] else 2,
+            prior_dtype=spec["eval_prior_dtype"]))
     if spec.get("op_profile"):
         top = int(spec["op_profile"])
         out["train_ops"] = profiling.op_times(trainer.train_step, tf.constant(x), calls=10)[1][:top]
@@ -87,6 +89,18 @@ def _run_worker(spec):
         out["pipeline"] = profiling.benchmark_input_pipeline(trainer, splits.train, x)
     out["peak_rss_mb"] = profiling.peak_rss_bytes() / 2 ** 20
     print("RESULT " + json.dumps(out), flush=True)
+
+
+def _beside_peak(measure):
+    """`measure()`'s dict, plus `beside_peak_flops`: the float32 matmul rate measured just before
+    and after it (the better of the two). On a shared host the machine's speed drifts over a
+    long run; a fraction against this peak tells the host's drift from the code's."""
+    from tfvamp import profiling  # pylint: disable=import-outside-toplevel
+
+    before = profiling.matmul_peak(sizes=(2048,), repeats=3)
+    result = measure()
+    result["beside_peak_flops"] = max(before, profiling.matmul_peak(sizes=(2048,), repeats=3))
+    return result
 
 
 def _spawn(spec):
@@ -115,7 +129,7 @@ def _machine():
 
 def _table(rows, peak):
     header = ("model", "prior", "K", "step ms", "steps/s", "ex/s", "GFLOP/step", "GFLOP/s", "% peak",
-              "vs std", "eval img/s", "eval MFLOP/img", "eval % peak", "peak MB")
+              "vs std", "eval img/s", "eval MFLOP/img", "eval % peak", "peak MB", "% beside (train, eval)")
     lines = [" | ".join(header), " | ".join("---" for _ in header)]
     for r in rows:
         t = r["train"]
@@ -128,7 +142,9 @@ def _table(rows, peak):
                  f"{100 * rate / peak:.0f}%", f"{r['overhead']:.2f}x" if r.get("overhead") else "1.00x",
                  f"{ev['images_per_second']:.2f}" if ev else "-",
                  f"{ev['flops_per_image'] / 1e6:.0f}" if ev else "-",
-                 f"{100 * ev_rate / peak:.0f}%" if ev else "-", f"{r['peak_rss_mb']:.0f}")
+                 f"{100 * ev_rate / peak:.0f}%" if ev else "-", f"{r['peak_rss_mb']:.0f}",
+                 f"{100 * rate / t['beside_peak_flops']:.0f}%"
+                 + (f", {100 * ev_rate / ev['beside_peak_flops']:.0f}%" if ev else ""))
         lines.append(" | ".join(cells))
     return "\n".join(lines)
 
@@ -185,7 +201,9 @@ def main(argv):
             rows.append(row)
             t = row["train"]
             print(f"    {1000 * t['seconds_per_step']:.1f} ms/step, "
-                  f"{100 * t['flops_per_step'] / t['seconds_per_step'] / peak:.0f}% of peak"
+                  f"{100 * t['flops_per_step'] / t['seconds_per_step'] / peak:.0f}% of peak "
+                  f"({100 * t['flops_per_step'] / t['seconds_per_step'] / t['beside_peak_flops']:.0f}% of the "
+                  f"matmul rate beside it)"
                   + (f"; eval {row['eval']['images_per_second']:.2f} img/s" if "eval" in row else "")
                   + (f"; loop/step {row['pipeline']['loop_over_step']:.2f}" if "pipeline" in row else ""),
                   flush=True)

@@ -93,5 +93,8 @@ def test_benchmark_script_quick(tmp_path):
         assert len(row["train_ops"]) == 3 and len(row["eval_ops"]) == 3
         percent = 100 * train["flops_per_step"] / train["seconds_per_step"] / peak
         assert line.split(" | ")[8] == f"{percent:.0f}%"
+        beside = 100 * train["flops_per_step"] / train["seconds_per_step"] / train["beside_peak_flops"]
+        assert line.split(" | ")[14].startswith(f"{beside:.0f}%, ")  # then the evaluation's
+        assert 1e9 < train["beside_peak_flops"] and 1e9 < row["eval"]["beside_peak_flops"]
     assert result["rows"][1]["overhead"] == pytest.approx(
         result["rows"][1]["train"]["seconds_per_step"] / result["rows"][0]["train"]["seconds_per_step"])
