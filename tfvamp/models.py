@@ -386,7 +386,7 @@ class LatentVariableModel(keras.Model):
         acc0 = tf.fill(tf.shape(x)[:1], tf.constant(-np.inf, tf.float64))
 
         def body(i, acc):
-            # Stateless draws: reproducible from `seed`, and cheaper than the stateful normal op.
+            # Stateless draws, reproducible from `seed` (Box-Muller: `stateless_normal`).
             noise_fn = stateless_noise_fn(tf.random.experimental.stateless_fold_in(seed, i))
             log_px, log_q, log_p = self._terms(x, encoded, chunk, log_prior, noise_fn, False)
             log_w = tf.cast(log_px + log_p - log_q, tf.float64)  # [chunk, B]
@@ -452,8 +452,12 @@ class VAE(LatentVariableModel):
     def _encode_top(self, x):
         return self.q_z_head(self.q_z(x))
 
+    def _decoder_features(self, z):
+        """The likelihood head's input from z `[N, D]`."""
+        return self.p_x(z)
+
     def _decode(self, z):
-        return self.p_x_head(self.p_x(z))
+        return self.p_x_head(self._decoder_features(z))
 
     def _encode_x(self, x):
         mean, logvar = self._encode_top(x)
@@ -463,7 +467,7 @@ class VAE(LatentVariableModel):
 
     def _terms(self, x, encoded, num_samples, log_prior, noise_fn, training):
         z, log_q = self._reparameterize(encoded["mean"], encoded["logvar"], num_samples, noise_fn)
-        log_px = self.p_x_head.log_prob(self.p_x(z), x, num_samples, encoded.get("px_context"))
+        log_px = self.p_x_head.log_prob(self._decoder_features(z), x, num_samples, encoded.get("px_context"))
         shape = [num_samples, -1]
         return log_px, tf.reshape(log_q, shape), tf.reshape(log_prior(z), shape)
 
