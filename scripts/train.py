@@ -38,7 +38,8 @@ def main(argv):
     # pylint: disable=import-outside-toplevel
     from tfvamp import distribute
     from tfvamp import training
-    # Before anything else touches TensorFlow: the logical CPU split, then the strategy.
+    # Before anything else touches TensorFlow: threads, the logical CPU split, then the strategy.
+    distribute.set_threads(config["threads"])
     devices = distribute.split_cpu(FLAGS.cpu_devices) if FLAGS.cpu_devices > 1 else None
     strategy = distribute.make_strategy(config["strategy"], devices=devices)
     if FLAGS.benchmark_xla:

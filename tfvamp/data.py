@@ -36,6 +36,11 @@ SPLITS = ("train", "validation", "test")
 EVAL_BINARIZATION_SEED = 777
 MANUAL_DIR_ENV = "TFVAMP_MANUAL_DIR"
 
+# tf.data's autotuner makes tearing down an iterator wait on its timer (up to seconds at the end
+# of an epoch, docs/benchmarks.md); these pipelines are too simple to need tuning.
+_OPTIONS = tf.data.Options()
+_OPTIONS.autotune.enabled = False
+
 __all__ = ["DataError", "DatasetInfo", "Splits", "get_info", "load", "as_numpy", "prepare",
            "available", "NAMES", "SPLITS", "EVAL_BINARIZATION_SEED"]
 
@@ -152,18 +157,18 @@ def load(name: str, batch_size: int, *, eval_batch_size: int | None = None, data
         noise = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True)
         train = tf.data.Dataset.zip((train, noise)).map(
             lambda x, s: _binarize(_to_unit(name, x), s, seed),
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            num_parallel_calls=2, deterministic=True)
     else:
-        train = train.map(lambda x: _to_unit(name, x), num_parallel_calls=tf.data.AUTOTUNE,
+        train = train.map(lambda x: _to_unit(name, x), num_parallel_calls=2,
                           deterministic=True)
 
     def evaluation(split):
         x = _preprocessed(builder, name, split)
         ds = tf.data.Dataset.from_tensor_slices(x).batch(eval_batch_size, drop_remainder=False)
-        return ds.prefetch(tf.data.AUTOTUNE)
+        return ds.prefetch(2).with_options(_OPTIONS)
 
-    return Splits(train.prefetch(tf.data.AUTOTUNE), evaluation("validation"), evaluation("test"),
-                  info)
+    return Splits(train.prefetch(2).with_options(_OPTIONS), evaluation("validation"),
+                  evaluation("test"), info)
 
 
 def as_numpy(name: str, split: str, *, data_dir=None, manual_dir=None, seed: int = 0) -> np.ndarray:

@@ -71,6 +71,19 @@ def split_cpu(num_devices):
     return [f"/cpu:{i}" for i in range(num_devices)]
 
 
+def set_threads(num_threads):
+    """Limits TensorFlow to `num_threads` intra-op and inter-op threads (0 leaves its default).
+
+    Like `split_cpu`, it must run before TensorFlow initialises.
+    """
+    num_threads = int(num_threads)
+    if num_threads < 0:
+        raise ValueError(f"num_threads must be >= 0, got {num_threads}.")
+    if num_threads:
+        tf.config.threading.set_intra_op_parallelism_threads(num_threads)
+        tf.config.threading.set_inter_op_parallelism_threads(num_threads)
+
+
 def _local_devices():
     """Local GPUs if any, else every logical CPU device (one unless `split_cpu` ran)."""
     gpus = tf.config.list_logical_devices("GPU")

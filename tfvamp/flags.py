@@ -90,6 +90,8 @@ def define_flags(flag_values=flags.FLAGS):
                       "the local GPUs (the CPU when there is none).", **fv)
     flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into this many logical devices and mirror over "
                          "them (testing multi-replica code without GPUs; 0 = don't).", **fv)
+    flags.DEFINE_integer("threads", 0, "TensorFlow's intra- and inter-op threads (0 = TensorFlow's "
+                         "default: every core). --threads=1 keeps a long run to one core.", **fv)
     flags.DEFINE_enum("compute_dtype", "float32", models.COMPUTE_DTYPES,
                       "Hidden-layer compute dtype: bfloat16 runs the networks' matmuls and convolutions "
                       "in bfloat16 (float32 variables, heads and densities); see docs/benchmarks.md.", **fv)
@@ -114,7 +116,7 @@ FLAG_NAMES = (
     "pseudo_inputs_init", "pseudo_inputs_mean", "pseudo_inputs_std", "optimizer", "lr", "batch_size",
     "eval_batch_size", "epochs", "warmup_epochs", "early_stopping_epochs", "seed",
     "max_steps_per_epoch", "max_eval_batches", "eval_samples", "eval_chunk_size", "evaluate", "export",
-    "export_dir", "model_dir", "data_dir", "manual_dir", "strategy", "cpu_devices", "compute_dtype",
+    "export_dir", "model_dir", "data_dir", "manual_dir", "strategy", "cpu_devices", "threads", "compute_dtype",
     "jit_compile", "image_every_epochs", "num_images", "checkpoints_to_keep", "progress", "benchmark_xla")
 
 
@@ -190,7 +192,7 @@ def validate_config(config, info=None):
     for name, low in (("num_components", 1), ("z1_size", 1), ("z2_size", 1), ("batch_size", 1),
                       ("eval_batch_size", 1), ("epochs", 1), ("warmup_epochs", 0),
                       ("early_stopping_epochs", 0), ("eval_samples", 1), ("max_steps_per_epoch", 0),
-                      ("max_eval_batches", 0), ("eval_chunk_size", 0), ("cpu_devices", 0),
+                      ("max_eval_batches", 0), ("eval_chunk_size", 0), ("cpu_devices", 0), ("threads", 0),
                       ("image_every_epochs", 0), ("num_images", 1), ("checkpoints_to_keep", 1),
                       ("benchmark_xla", 0), ("seed", 0)):
         value = config[name]
