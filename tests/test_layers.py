@@ -1,6 +1,8 @@
 """Layers against NumPy references, and PixelCNN causality."""
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tfvamp import layers as tl
 
@@ -79,6 +81,130 @@ def test_pixelcnn_mask_values():
     np.testing.assert_array_equal(mask_b, [[1, 1, 1], [1, 1, 0], [0, 0, 0]])
     with pytest.raises(ValueError, match="mask_type"):
         tl.MaskedConv2D("C", 4)
+
+
+def _reference_mask(k, mask_type, n_in, n_out, groups, n_cond=0):
+    """Element by element from the rule as stated: raster order of pixels, then colour groups
+    (channel c of n in group floor(c * G / n)); conditioning inputs follow the pixel order only."""
+    n_image = n_in - n_cond
+    mask = np.zeros((k, k, n_in, n_out), np.float32)
+    centre = k // 2
+    for dy in range(k):
+        for dx in range(k):
+            for i in range(n_in):
+                for o in range(n_out):
+                    if (dy, dx) < (centre, centre):  # a pixel before the centre in raster order
+                        mask[dy, dx, i, o] = 1.0
+                    elif (dy, dx) == (centre, centre):
+                        if i >= n_image:
+                            mask[dy, dx, i, o] = mask_type == "B"
+                        else:
+                            g, h = (i * groups) // n_image, (o * groups) // n_out
+                            mask[dy, dx, i, o] = g < h if mask_type == "A" else g <= h
+    return mask
+
+
+@pytest.mark.parametrize("k,mask_type,n_in,n_out,n_cond", [
+    (3, "A", 3, 6, 0), (3, "B", 6, 6, 0), (3, "A", 3 + 6, 8, 6), (5, "B", 8, 7, 2), (3, "B", 7, 4, 0),
+    (1, "B", 8, 6, 0)])
+def test_colour_mask_matches_reference(k, mask_type, n_in, n_out, n_cond):
+    mask = tl.pixelcnn_mask(k, mask_type, n_in, n_out, num_groups=3, num_conditioning_channels=n_cond)
+    np.testing.assert_array_equal(mask, _reference_mask(k, mask_type, n_in, n_out, 3, n_cond))
+
+
+def test_channel_groups_split_contiguously():
+    np.testing.assert_array_equal(tl.channel_groups(6, 3), [0, 0, 1, 1, 2, 2])
+    np.testing.assert_array_equal(tl.channel_groups(8, 3), [0, 0, 0, 1, 1, 1, 2, 2])
+    np.testing.assert_array_equal(tl.channel_groups(7, 3), [0, 0, 0, 1, 1, 2, 2])
+    np.testing.assert_array_equal(tl.channel_groups(3, 3), [0, 1, 2])
+    with pytest.raises(ValueError, match="cannot fill"):
+        tl.channel_groups(2, 3)
+    with pytest.raises(ValueError, match="cannot fill"):
+        tl.MaskedConv2D("B", 2, num_groups=3)
+    with pytest.raises(ValueError, match="num_conditioning_channels"):
+        tl.pixelcnn_mask(3, "A", 4, 8, num_conditioning_channels=4)
+
+
+@pytest.mark.parametrize("k", [1, 3, 5, 7])
+@pytest.mark.parametrize("mask_type", ["A", "B"])
+@pytest.mark.parametrize("n_in,n_out,n_cond", [(1, 1, 0), (3, 64, 2), (64, 64, 0), (64, 2, 0)])
+def test_one_channel_mask_is_the_old_mask(k, mask_type, n_in, n_out, n_cond):
+    old = np.ones((k, k, n_in, n_out), np.float32)  # the rule before colour groups, verbatim
+    c = k // 2
+    old[c, c + (mask_type == "B"):, :, :] = 0.0
+    old[c + 1:, :, :, :] = 0.0
+    # The release masks x and its latent maps alike, so marking the maps changes nothing for C = 1.
+    np.testing.assert_array_equal(tl.pixelcnn_mask(k, mask_type, n_in, n_out), old)
+    np.testing.assert_array_equal(tl.pixelcnn_mask(k, mask_type, n_in, n_out, 1, n_cond), old)
+
+
+def test_head_mask_is_the_channel_major_mask_in_parameter_major_order():
+    hidden, channels, params = 8, 3, 2
+    head = tl.pixelcnn_head_mask(hidden, channels, params)
+    groups = np.array([0, 0, 0, 1, 1, 1, 2, 2])  # channel_groups(8, 3), written out
+    for p in range(params):
+        for c in range(channels):
+            np.testing.assert_array_equal(head[:, p * channels + c], groups <= c)
+    channel_major = tl.pixelcnn_mask(1, "B", hidden, channels * params, num_groups=channels)[0, 0]
+    for p in range(params):
+        for c in range(channels):
+            np.testing.assert_array_equal(channel_major[:, c * params + p], groups <= c)
+
+
+@pytest.mark.parametrize("head", ["image_head_layout", "masked_conv_1x1"])
+def test_colour_stack_is_causal_over_pixels_and_channels(head):
+    """A chain 'A' -> 'B' -> 'B' -> 1x1 head: output channel c at pixel p has zero gradient
+    with respect to every later pixel, to channels >= c of p, and to the conditioning maps
+    at p and later; and a non-zero one for channels < c of p and for p's left and upper
+    neighbours."""
+    keras.utils.set_random_seed(3)
+    height, width, channels, n_cond, params = 6, 5, 3, 2, 2
+    rng = np.random.default_rng(3)
+    x = tf.constant(rng.normal(size=(1, height, width, channels)), tf.float32)
+    maps = tf.constant(rng.normal(size=(1, height, width, n_cond)), tf.float32)
+    convs = [tl.MaskedConv2D("A", 8, 3, num_groups=3, num_conditioning_channels=n_cond),
+             tl.MaskedConv2D("B", 7, 3, num_groups=3), tl.MaskedConv2D("B", 8, 3, num_groups=3)]
+    if head == "masked_conv_1x1":
+        convs.append(tl.MaskedConv2D("B", channels * params, 1, use_bias=True, num_groups=3))
+        channel_of = np.arange(channels * params) // params  # channel-major outputs
+    else:
+        kernel = rng.normal(size=(8, params * channels)).astype(np.float32)
+        kernel *= tl.pixelcnn_head_mask(8, channels, params)
+        channel_of = np.arange(channels * params) % channels  # ImageHead's parameter-major outputs
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([x, maps])
+        h = tf.concat([x, maps], -1)
+        for layer in convs:
+            h = tf.tanh(layer(h))  # a smooth non-linearity: no dead units to hide a connection
+        if head == "image_head_layout":
+            h = tf.tensordot(h, kernel, 1)
+    num = height * width
+    d_x = tf.reshape(tape.jacobian(h, x), [num, channels * params, num, channels]).numpy()
+    d_maps = tf.reshape(tape.jacobian(h, maps), [num, channels * params, num, n_cond]).numpy()
+    for p in range(num):
+        i, j = divmod(p, width)
+        before = [q for q in (p - 1 if j > 0 else None, p - width if i > 0 else None) if q is not None]
+        for o, c in enumerate(channel_of):
+            allowed = np.zeros((num, channels), bool)
+            allowed[:p] = True
+            allowed[p, :c] = True
+            assert np.all(d_x[p, o][~allowed] == 0.0), (p, o)
+            assert np.all(d_maps[p, o, p:] == 0.0), (p, o)
+            assert np.all(d_x[p, o, p, :c] != 0.0), (p, o)  # the colour groups are connected
+            for q in before:
+                assert np.all(d_x[p, o, q] != 0.0) and np.all(d_maps[p, o, q] != 0.0), (p, o, q)
+
+
+def test_masked_conv_config_round_trip_builds_the_same_mask():
+    layer = tl.MaskedConv2D("A", 7, 3, num_groups=3, num_conditioning_channels=4)
+    clone = tl.MaskedConv2D.from_config(layer.get_config())
+    for each in (layer, clone):
+        each.build((None, 6, 5, 3 + 4))
+    assert clone.get_config() == layer.get_config()
+    np.testing.assert_array_equal(clone._mask.numpy(), layer._mask.numpy())
+    plain = tl.MaskedConv2D("A", 7, 3)
+    plain.build((None, 6, 5, 3 + 4))
+    assert np.any(plain._mask.numpy() != layer._mask.numpy())  # so the new arguments did matter
 
 
 def test_hardtanh_and_configs_round_trip():

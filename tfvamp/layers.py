@@ -3,7 +3,9 @@
 * `GatedDense`: h = Linear(x) * sigmoid(Linear_gate(x)) (Dauphin et al. 2017), the only
   non-linearity of the MLP models.
 * `GatedConv2D`: the same gate on a convolution, with the release's explicit symmetric padding.
-* `MaskedConv2D`: PixelCNN masks 'A' (excludes the centre pixel) and 'B' (includes it).
+* `MaskedConv2D`: PixelCNN masks 'A' (excludes the centre pixel) and 'B' (includes it), with
+  colour groups (R before G before B within a pixel) for images of any number of channels;
+  `pixelcnn_head_mask` masks the 1x1 output head to match.
 * `Hardtanh`: clip to [min_value, max_value], as the release's variance heads and pseudo-inputs use.
 
 All layers take and return float tensors; shapes are in the docstrings.
@@ -119,21 +121,80 @@ class GatedConv2D(keras.layers.Layer):
                 "strides": self.strides, "padding": self.padding}
 
 
-def pixelcnn_mask(kernel_size, mask_type, in_channels, out_channels):
-    """The PixelCNN kernel mask `[k, k, in, out]` for single-channel-group images.
+def channel_groups(num_channels, num_groups):
+    """The colour group of each channel, int `[num_channels]`: channel c of n is in group floor(c * G / n).
 
-    Raster order: rows top to bottom, pixels left to right. Mask 'A' keeps the pixels
-    strictly before the centre; 'B' also keeps the centre. (The release's masks ignore
-    colour groups: its images have one channel.)
+    Groups are contiguous in channel order and their sizes differ by at most one (n = 8,
+    G = 3: [0 0 0 1 1 1 2 2]); for n divisible by G this is PixelCNN's split into G equal
+    blocks, the features of R, then of G, then of B. Refuses n < G, which would leave a group
+    with no channels (that group's outputs could then see nothing at their own pixel).
+    """
+    n, g = int(num_channels), int(num_groups)
+    if g < 1:
+        raise ValueError(f"num_groups must be >= 1, got {num_groups}.")
+    if n < g:
+        raise ValueError(f"{n} channels cannot fill {g} channel groups: "
+                         "every group needs at least one channel.")
+    return np.arange(n) * g // n
+
+
+def pixelcnn_mask(kernel_size, mask_type, in_channels, out_channels, num_groups=1,
+                  num_conditioning_channels=0):
+    """The PixelCNN kernel mask `[k, k, in_channels, out_channels]` (float32, 0 or 1).
+
+    Order of generation: pixels in raster order (rows top to bottom, left to right), and
+    within a pixel channel group 0, then 1, ... (R, G, B for num_groups = 3; van den Oord et
+    al. 2016, section 3.4). Taps strictly before the centre are fully connected, taps after it
+    are zero. At the centre, input group g reaches output group h only if g < h (mask 'A',
+    the first layer, whose input is the image) or g <= h (mask 'B', every later layer).
+
+    Args:
+      kernel_size: odd k.
+      mask_type: 'A' or 'B'.
+      in_channels: all input channels, the autoregressive ones first, then the conditioning ones.
+      out_channels: output channels.
+      num_groups: G; the autoregressive inputs and the outputs are each grouped by `channel_groups`.
+      num_conditioning_channels: trailing inputs computed from the latents, not from the image.
+        They belong to no group: for every output they follow the spatial mask alone, hidden
+        at the centre under 'A' and visible under 'B'. With one group this is exactly the
+        release's mask of [x, latent maps] (it masks both alike), so num_groups=1 gives the
+        same array whatever this count.
     """
     if mask_type not in ("A", "B"):
         raise ValueError(f"mask_type must be 'A' or 'B', got {mask_type!r}.")
-    k = int(kernel_size)
-    mask = np.ones((k, k, in_channels, out_channels), np.float32)
+    k, num_cond = int(kernel_size), int(num_conditioning_channels)
+    if not 0 <= num_cond < in_channels:
+        raise ValueError(f"num_conditioning_channels must be in [0, in_channels = {in_channels}), "
+                         f"got {num_conditioning_channels}: the image channels come first.")
+    in_groups = channel_groups(in_channels - num_cond, num_groups)
+    out_groups = channel_groups(out_channels, num_groups)
+    mask = np.zeros((k, k, in_channels, out_channels), np.float32)
     c = k // 2
-    mask[c, c + (mask_type == "B"):, :, :] = 0.0
-    mask[c + 1:, :, :, :] = 0.0
+    mask[:c] = 1.0  # rows above the centre
+    mask[c, :c] = 1.0  # pixels left of the centre
+    order = np.less if mask_type == "A" else np.less_equal
+    mask[c, c, :len(in_groups)] = order(in_groups[:, None], out_groups[None, :])
+    # The maps depend on z only, so the centre would be causal for them under 'A' too; it stays
+    # hidden to keep the release's network: kernel entries under a mask are never trained, so
+    # opening them would turn a checkpoint's untouched initial values into live weights.
+    mask[c, c, len(in_groups):] = float(mask_type == "B")
     return mask
+
+
+def pixelcnn_head_mask(in_channels, image_channels, num_params):
+    """Mask 'B' `[in_channels, num_params * image_channels]` of a 1x1 output head's kernel.
+
+    Columns are parameter-major, ImageHead's layout (it splits its output into num_params
+    blocks of C): column p * C + c holds parameter p of image channel c. That column sees
+    the hidden channels of groups <= c, hidden channels grouped by channel_groups(in_channels,
+    C) as the outputs of the last MaskedConv2D(num_groups=C). This is
+    pixelcnn_mask(1, 'B', in_channels, C * num_params, num_groups=C)[0, 0], whose columns are
+    channel-major (c * num_params + p, so that each image channel's parameters fill its group),
+    with the columns reordered.
+    """
+    c, p = int(image_channels), int(num_params)
+    mask = pixelcnn_mask(1, "B", in_channels, c * p, num_groups=c)[0, 0]
+    return mask.reshape(in_channels, c, p).transpose(0, 2, 1).reshape(in_channels, p * c)
 
 
 @keras.saving.register_keras_serializable(package="tfvamp")
@@ -141,13 +202,19 @@ class MaskedConv2D(keras.layers.Layer):
     """PixelCNN masked convolution, 'same' size output, NHWC.
 
     The output at pixel (i, j) depends only on input pixels before (i, j) in raster order
-    (mask 'A') or at and before it (mask 'B'). No bias by default, as in the release (a
-    batch norm follows every masked conv).
+    (mask 'A') or at and before it (mask 'B'); with num_groups = G, at (i, j) itself output
+    group h sees only input groups g < h ('A') or g <= h ('B'), see `pixelcnn_mask`. A chain
+    of one 'A' layer, then 'B' layers, then a 1x1 'B' head (`pixelcnn_head_mask`, or this
+    layer with kernel_size=1 and channel-major outputs) makes image channel c at a pixel
+    depend on the earlier pixels and on channels < c of that pixel only. No bias by default,
+    as in the release (a batch norm follows every masked conv).
 
-    Input `[B, H, W, C_in]` -> output `[B, H, W, filters]`.
+    Input `[B, H, W, C_in]` (the image's channels first, then num_conditioning_channels
+    latent maps) -> output `[B, H, W, filters]`, channels grouped by `channel_groups`.
     """
 
-    def __init__(self, mask_type, filters, kernel_size=3, use_bias=False, **kwargs):
+    def __init__(self, mask_type, filters, kernel_size=3, use_bias=False, num_groups=1,
+                 num_conditioning_channels=0, **kwargs):
         super().__init__(**kwargs)
         if mask_type not in ("A", "B"):
             raise ValueError(f"mask_type must be 'A' or 'B', got {mask_type!r}.")
@@ -157,15 +224,21 @@ class MaskedConv2D(keras.layers.Layer):
         self.filters = int(filters)
         self.kernel_size = int(kernel_size)
         self.use_bias = bool(use_bias)
+        self.num_groups = int(num_groups)
+        self.num_conditioning_channels = int(num_conditioning_channels)
+        channel_groups(self.filters, self.num_groups)  # refuse bad groupings now, not at build
 
     def build(self, input_shape):
         c_in = int(input_shape[-1])
+        # Built first so that a bad channel split fails before any weight is made.
+        mask = pixelcnn_mask(self.kernel_size, self.mask_type, c_in, self.filters, self.num_groups,
+                             self.num_conditioning_channels)
         self.kernel = self.add_weight(
             name="kernel", shape=(self.kernel_size, self.kernel_size, c_in, self.filters),
             initializer=_he_normal())
         self.bias = (self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
                      if self.use_bias else None)
-        self._mask = tf.constant(pixelcnn_mask(self.kernel_size, self.mask_type, c_in, self.filters))
+        self._mask = tf.constant(mask)
 
     def call(self, x):
         kernel = tf.convert_to_tensor(self.kernel)
@@ -174,4 +247,5 @@ class MaskedConv2D(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "mask_type": self.mask_type, "filters": self.filters,
-                "kernel_size": self.kernel_size, "use_bias": self.use_bias}
+                "kernel_size": self.kernel_size, "use_bias": self.use_bias,
+                "num_groups": self.num_groups, "num_conditioning_channels": self.num_conditioning_channels}
