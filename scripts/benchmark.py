@@ -149,6 +149,23 @@ def _table(rows, peak):
     return "\n".join(lines)
 
 
+def _print_row(row, peak):
+    """One configuration's numbers as they come in (and, with --op_profile, its slowest ops)."""
+    t = row["train"]
+    print(f"    {1000 * t['seconds_per_step']:.1f} ms/step, "
+          f"{100 * t['flops_per_step'] / t['seconds_per_step'] / peak:.0f}% of peak "
+          f"({100 * t['flops_per_step'] / t['seconds_per_step'] / t['beside_peak_flops']:.0f}% of the "
+          f"matmul rate beside it)"
+          + (f"; eval {row['eval']['images_per_second']:.2f} img/s" if "eval" in row else "")
+          + (f"; loop/step {row['pipeline']['loop_over_step']:.2f}" if "pipeline" in row else ""),
+          flush=True)
+    for key, label in (("train_ops", "train step"), ("eval_ops", "evaluation")):
+        if key in row:
+            print(f"      slowest ops of the {label} (ms per call, overlapping):")
+            for name, op_type, seconds, count in row[key]:
+                print(f"      {1000 * seconds:8.2f}  {count:6.1f}x  {op_type:<24} {name}")
+
+
 def main(argv):
     del argv
     if FLAGS.worker:
@@ -199,19 +216,7 @@ def main(argv):
             else:
                 row["overhead"] = row["train"]["seconds_per_step"] / standard_seconds
             rows.append(row)
-            t = row["train"]
-            print(f"    {1000 * t['seconds_per_step']:.1f} ms/step, "
-                  f"{100 * t['flops_per_step'] / t['seconds_per_step'] / peak:.0f}% of peak "
-                  f"({100 * t['flops_per_step'] / t['seconds_per_step'] / t['beside_peak_flops']:.0f}% of the "
-                  f"matmul rate beside it)"
-                  + (f"; eval {row['eval']['images_per_second']:.2f} img/s" if "eval" in row else "")
-                  + (f"; loop/step {row['pipeline']['loop_over_step']:.2f}" if "pipeline" in row else ""),
-                  flush=True)
-            for key, label in (("train_ops", "train step"), ("eval_ops", "evaluation")):
-                if key in row:
-                    print(f"      slowest ops of the {label} (ms per call, overlapping):")
-                    for name, op_type, seconds, count in row[key]:
-                        print(f"      {1000 * seconds:8.2f}  {count:6.1f}x  {op_type:<24} {name}")
+            _print_row(row, peak)
     print()
     print(_table(rows, peak))
     result = {"machine": machine, "matmul_peak_flops": peak, "matmul_peak_flops_bfloat16": peak_bf16,

@@ -97,6 +97,7 @@ def benchmark():
     import tensorflow as tf
 
     import tfvamp
+    from tfvamp import estimator
     from tfvamp import evaluation
 
     model = tfvamp.build_model(FLAGS.benchmark_model, FLAGS.benchmark_prior, (28, 28, 1), "bernoulli",
@@ -110,7 +111,8 @@ def benchmark():
     summary, _ = evaluation.evaluate(model, dataset, num_samples=FLAGS.eval_samples, chunk_size=chunk,
                                      progress=FLAGS.progress)
     cpu = time.process_time() - cpu  # all threads: robust to other processes sharing the cores
-    used_chunk = chunk or model.default_chunk_size(min(batch_size, FLAGS.benchmark_images), FLAGS.eval_samples)
+    used_chunk = chunk or estimator.default_chunk_size(model, min(batch_size, FLAGS.benchmark_images),
+                                                       FLAGS.eval_samples)
     print(json.dumps({"model": FLAGS.benchmark_model, "prior": FLAGS.benchmark_prior,
                       "num_components": FLAGS.benchmark_components, "num_samples": FLAGS.eval_samples,
                       "batch_size": batch_size, "chunk_size": used_chunk, "images": summary["num_examples"],

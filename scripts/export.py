@@ -20,26 +20,27 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("model_dir", None, "Run directory written by scripts/train.py.")
 flags.DEFINE_string("export_dir", None, "SavedModel directory (default: saved_models/<basename of model_dir>).")
 flags.DEFINE_enum("which", "best", ("best", "latest"), "Best weights or the newest checkpoint.")
+flags.DEFINE_integer("max_samples", 4096, "The exported `sample` refuses requests for more images.", lower_bound=1)
+flags.DEFINE_integer("max_importance_samples", 100_000, "The exported `log_likelihood` refuses more importance "
+                     "samples.", lower_bound=1)
 flags.mark_flag_as_required("model_dir")
-
-
-def default_export_dir(model_dir):
-    return os.path.join("saved_models", os.path.basename(os.path.normpath(model_dir)))
 
 
 def main(argv):
     del argv
     from tfvamp import checkpointing
     from tfvamp import export
+    from tfvamp import priors
 
     model, config = checkpointing.load_model(FLAGS.model_dir, FLAGS.which)
-    export_dir = FLAGS.export_dir or default_export_dir(FLAGS.model_dir)
-    export.export_saved_model(model, export_dir, config)
+    export_dir = FLAGS.export_dir or checkpointing.default_export_dir(FLAGS.model_dir)
+    export.export_saved_model(model, export_dir, config, max_samples=FLAGS.max_samples,
+                              max_importance_samples=FLAGS.max_importance_samples)
     print(f"SavedModel written to {export_dir}")
     print(f"  model={model.model_name} prior={model.prior_name} likelihood={model.likelihood_name} "
           f"image_shape={list(model.image_shape)}")
     names = ["sample", "reconstruct", "encode", "log_likelihood", "metadata"]
-    if model.prior_name in export.VAMPPRIOR_PRIORS:
+    if priors.has_pseudo_inputs(model.prior_name):
         names.append("pseudo_inputs")
     print(f"  signatures: {', '.join(names)}")
 

@@ -11,7 +11,7 @@ import sys
 
 from absl import app
 
-# Table 1 of the paper (test LL in nats; Frey Faces and histopathology in bits/dim), SPEC section 8.
+# Table 1 of the paper (test LL in nats; Frey Faces and histopathology in bits/dim), docs/paper_details.md section 8.
 PAPER = {
     ("static_mnist", "vae", "standard"): -88.56, ("static_mnist", "vae", "vampprior"): -85.57,
     ("static_mnist", "hvae", "standard"): -86.05, ("static_mnist", "hvae", "vampprior"): -83.19,

@@ -46,7 +46,7 @@ def main(argv):
     served = tf.saved_model.load(FLAGS.saved_model)
     if not hasattr(served, "sample"):
         raise SystemExit(f"{FLAGS.saved_model} has no sample() function: was it written by scripts/export.py?")
-    images = served.sample(num_samples=tf.constant(FLAGS.num_samples, tf.int32),
+    images = served.sample(num_samples=tf.constant(FLAGS.num_samples, tf.int64),
                            seed=tf.constant(FLAGS.seed, tf.int32)).numpy()
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
     tf.io.write_file(FLAGS.output, tf.io.encode_png(image_grid(images, FLAGS.num_columns)))

@@ -37,19 +37,21 @@ def main(argv):
         raise app.UsageError(str(e))
     # pylint: disable=import-outside-toplevel
     from tfvamp import distribute
+    from tfvamp import profiling
+    from tfvamp import run
     from tfvamp import training
     # Before anything else touches TensorFlow: threads, the logical CPU split, then the strategy.
     distribute.set_threads(config["threads"])
     devices = distribute.split_cpu(FLAGS.cpu_devices) if FLAGS.cpu_devices > 1 else None
     strategy = distribute.make_strategy(config["strategy"], devices=devices)
     if FLAGS.benchmark_xla:
-        timings = training.benchmark_step(config, steps=FLAGS.benchmark_xla, strategy=strategy)
+        timings = profiling.benchmark_xla(config, steps=FLAGS.benchmark_xla, strategy=strategy)
         for jit, seconds in sorted(timings.items()):
             print(f"{config['model']} {config['prior']} {config['dataset']} batch {config['batch_size']} "
                   f"jit_compile={jit}: {1000 * seconds:.1f} ms/step")
         return 0
     try:
-        training.train(config, strategy)
+        run.run(config, strategy)
     except training.TrainingDiverged as e:
         print(f"ERROR: {e}", file=sys.stderr, flush=True)
         return 1

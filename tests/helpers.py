@@ -1,7 +1,15 @@
 """Small helpers shared by the tests (imported as `helpers`: pytest puts tests/ on sys.path)."""
+import collections
+import glob
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import tensorflow as tf
+
+from tfvamp import flags as tflags
 
 
 def train_briefly(model, data, steps=150, batch=32, lr=3e-3):
@@ -20,3 +28,68 @@ def train_briefly(model, data, steps=150, batch=32, lr=3e-3):
     for _ in range(steps):
         step(tf.constant(data[rng.integers(0, len(data), batch)]))
     return model
+
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+SCRIPT = os.path.join(ROOT, "scripts", "train.py")
+
+Info = collections.namedtuple("Info", "name input_shape likelihood pseudo_inputs_mean pseudo_inputs_std "
+                                      "num_examples dynamic_binarization")
+Splits = collections.namedtuple("Splits", "train validation test info epochs", defaults=(None,))
+GRAY_INFO = Info("frey_faces", (28, 20, 1), "discretized_logistic", 0.5, 0.02,
+                 {"train": 40, "validation": 20, "test": 20}, False)
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+def tiny_config(model_dir, info=GRAY_INFO, **overrides):
+    base = dict(dataset=info.name, model="hvae", prior="vampprior", num_components=5, z1_size=4, z2_size=4,
+                batch_size=10, eval_batch_size=10, epochs=3, warmup_epochs=2, early_stopping_epochs=1,
+                model_dir=str(model_dir), evaluate=False, export=False, progress=False, image_every_epochs=1,
+                num_images=4, checkpoints_to_keep=100, strategy="default")
+    base.update(overrides)
+    return tflags.validate_config(tflags.default_config(**base), info=info)
+
+
+def synthetic_splits(info=GRAY_INFO, seed=0):
+    rng = np.random.default_rng(seed)
+    shape = tuple(info.input_shape)
+
+    def make(n, drop):
+        x = rng.random((n,) + shape).astype(np.float32)
+        return tf.data.Dataset.from_tensor_slices(x).batch(10, drop_remainder=drop)
+
+    n = info.num_examples
+    return Splits(make(n["train"], True), make(n["validation"], False), make(n["test"], False), info)
+
+
+def read_events(tb_dir):
+    """{tag: {step: value}} of every summary under `tb_dir`; images/text values are the plugin name."""
+    events = collections.defaultdict(dict)
+    for path in sorted(glob.glob(os.path.join(tb_dir, "events.out.tfevents.*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                plugin = value.metadata.plugin_data.plugin_name
+                if plugin == "scalars":
+                    events[value.tag][event.step] = float(tf.make_ndarray(value.tensor))
+                else:
+                    events[value.tag][event.step] = plugin
+    return events
+
+
+def script_env(**extra):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    env.update(extra)
+    return env
+
+
+def run_script(args, timeout=240):
+    return subprocess.run([sys.executable, SCRIPT] + list(args), cwd=ROOT, env=script_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def checkpoint_tensors(path):
+    reader = tf.train.load_checkpoint(path)
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if not name.startswith("_CHECKPOINTABLE_OBJECT_GRAPH")}
+
+

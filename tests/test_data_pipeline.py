@@ -35,7 +35,7 @@ def mnist_grey(shared, name):
 # ----------------------------------------------------------------------------- get_info
 
 def test_get_info_matches_spec():
-    spec = {  # name: (shape, likelihood, mean, std, sizes, dynamic) from SPEC sections 2 and 6
+    spec = {  # name: (shape, likelihood, mean, std, sizes, dynamic) from docs/paper_details.md sections 2 and 6
         "static_mnist": ((28, 28, 1), "bernoulli", 0.05, 0.01, (50000, 10000, 10000), False),
         "dynamic_mnist": ((28, 28, 1), "bernoulli", 0.05, 0.01, (50000, 10000, 10000), True),
         "omniglot": ((28, 28, 1), "bernoulli", 0.05, 0.01, (23000, 1345, 8070), True),

@@ -131,7 +131,7 @@ def test_multi_worker_two_processes_train_one_epoch_to_identical_weights(tmp_pat
         import sys
         import numpy as np
         from absl import flags as absl_flags
-        from tfvamp import distribute, flags as tflags, training
+        from tfvamp import distribute, flags as tflags, run, training
         strategy = distribute.make_strategy("auto")   # MultiWorkerMirroredStrategy, before any op
         fv = absl_flags.FlagValues()
         tflags.define_flags(fv)
@@ -142,11 +142,11 @@ def test_multi_worker_two_processes_train_one_epoch_to_identical_weights(tmp_pat
         config = tflags.config_from_flags(fv)
         trainer_holder = {}
         original = training.Trainer.fit
-        def fit(self):
+        def fit(self, splits):
             trainer_holder["trainer"] = self
-            return original(self)
+            return original(self, splits)
         training.Trainer.fit = fit
-        results = training.train(config, strategy)
+        results = run.run(config, strategy)
         trainer = trainer_holder["trainer"]
         print("REPLICAS", trainer.num_replicas, "CHIEF", trainer.is_chief, "STEPS",
               int(trainer.optimizer.iterations.numpy()), flush=True)

@@ -27,7 +27,7 @@ SEED = 7
 
 # Run in a fresh interpreter: no tfvamp (an import of it fails), no TFP import by us.
 SERVE_SCRIPT = textwrap.dedent(r'''
-    import json, sys
+    import json, sys, time
 
     class _NoTfvamp:
         def find_spec(self, name, path=None, target=None):
@@ -46,7 +46,7 @@ SERVE_SCRIPT = textwrap.dedent(r'''
         a = served.sample(num_samples=5, seed=args["seed"]).numpy()
         b = served.sample(5, args["seed"]).numpy()
         c = served.sample(5, args["seed"] + 1).numpy()
-        sig = served.signatures["sample"](num_samples=tf.constant(5), seed=tf.constant(args["seed"]))["images"].numpy()
+        sig = served.signatures["sample"](num_samples=tf.constant(5, tf.int64), seed=tf.constant(args["seed"]))["images"].numpy()
         res.update(sample=a.tolist(), same_seed_equal=bool(np.array_equal(a, b)),
                    signature_equal=bool(np.array_equal(a, sig)),
                    other_seed_differs=bool(not np.array_equal(a, c)))
@@ -55,7 +55,7 @@ SERVE_SCRIPT = textwrap.dedent(r'''
                                  for _ in range(args["ll_repeats"])]
         res["ll_dtype"] = served.log_likelihood(x, 3).dtype.name
         res["ll_signature"] = served.signatures["log_likelihood"](
-            images=tf.constant(x), num_samples=tf.constant(3))["log_likelihood"].shape.as_list()
+            images=tf.constant(x), num_samples=tf.constant(3, tf.int64))["log_likelihood"].shape.as_list()
         res["encode"] = {k: v.numpy().tolist() for k, v in served.encode(x).items()}
         res["reconstruct"] = served.reconstruct(x).numpy().tolist()
         if "pseudo_inputs" in res["signatures"]:
@@ -72,13 +72,19 @@ SERVE_SCRIPT = textwrap.dedent(r'''
             "dtype": lambda: served.encode(tf.constant(x, tf.float64)),
             "num_samples": lambda: served.sample(0, 1),
             "ll_num_samples": lambda: served.log_likelihood(x, 0),
+            # Requests that would exhaust memory, run without end, or wrap around int32.
+            "huge_samples": lambda: served.sample(10 ** 9, 1),
+            "wrapping_samples": lambda: served.sample(2 ** 31, 1),
+            "huge_ll_samples": lambda: served.log_likelihood(x, 10 ** 9),
+            "wrapping_ll_samples": lambda: served.log_likelihood(x, 2 ** 31),
         }
         for label, call in bad_inputs.items():
+            start = time.perf_counter()
             try:
                 call()
                 errors[label] = None
-            except Exception as e:  # the type and message are what the test checks
-                errors[label] = [type(e).__name__, str(e)]
+            except Exception as e:  # the type, message and time are what the test checks
+                errors[label] = [type(e).__name__, str(e), time.perf_counter() - start]
         res["errors"] = errors
         out[name] = res
     out["tfvamp_imported"] = "tfvamp" in sys.modules
@@ -213,17 +219,20 @@ def test_encode_reconstruct_pseudo_inputs_metadata(served):
 def test_invalid_inputs_give_clear_errors(served):
     errors = served["served"]["vae"]["errors"]
     for label in ("rank", "shape"):
-        kind, message = errors[label]
+        kind, message, _ = errors[label]
         assert kind == "InvalidArgumentError"
         assert "images must be a float32 batch of shape [batch, 8, 8, 1]" in message
     for label in ("range", "nan"):
-        kind, message = errors[label]
+        kind, message, _ = errors[label]
         assert kind == "InvalidArgumentError" and "images must have values in [0, 1]" in message
-    kind, message = errors["dtype"]
+    kind, message, _ = errors["dtype"]
     assert kind == "TypeError" and "float64" in message and "float32" in message
-    for label in ("num_samples", "ll_num_samples"):
-        kind, message = errors[label]
-        assert kind == "InvalidArgumentError" and "num_samples must be >= 1" in message
+    for label, cap in (("num_samples", 4096), ("ll_num_samples", 100000), ("huge_samples", 4096),
+                       ("wrapping_samples", 4096), ("huge_ll_samples", 100000), ("wrapping_ll_samples", 100000)):
+        kind, message, seconds = errors[label]
+        assert kind == "InvalidArgumentError" and f"num_samples must be between 1 and {cap}" in message, label
+        assert seconds < 1.0, (label, seconds)
+    assert served["served"]["vae"]["metadata"]["max_samples"] == 4096
 
 
 def test_export_and_sample_scripts(served, tmp_path):

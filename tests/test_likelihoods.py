@@ -1,4 +1,4 @@
-"""Likelihoods against the SPEC formulas written in NumPy."""
+"""Likelihoods against the formulas of docs/paper_details.md written in NumPy."""
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -8,7 +8,7 @@ from tfvamp import likelihoods
 
 
 def _release_log_prob(x, loc, log_scale):
-    """SPEC section 3, written out: the release's discretized logistic."""
+    """docs/paper_details.md section 3, written out: the release's discretized logistic."""
     s = np.exp(log_scale)
     bin_ = np.clip(np.floor(256 * x), 0, 255) / 256
     return np.log(expit((bin_ + 1 / 256 - loc) / s) - expit((bin_ - loc) / s) + 1e-7)

@@ -3,11 +3,14 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_probability as tfp
 from scipy.special import logsumexp, softmax
 from scipy.stats import norm
 
 import tfvamp
 from tfvamp import priors
+
+tfd = tfp.distributions
 
 SHAPE = (28, 28, 1)
 
@@ -32,7 +35,7 @@ def test_vampprior_log_prob_matches_numpy_on_clipped_pseudo_inputs(prior):
     model.prior_layer.pseudo_inputs_variable.assign(raw)
     if prior == "weighted_vampprior":
         model.prior_layer.mixture_logits.assign(rng.normal(size=7).astype(np.float32))
-    means, logvars = (t.numpy() for t in model._encode_top(np.clip(raw, 0.0, 1.0)))
+    means, logvars = (t.numpy() for t in model.encode_top(np.clip(raw, 0.0, 1.0)))
     weights = (softmax(model.prior_layer.mixture_logits.numpy().astype(np.float64))
                if prior == "weighted_vampprior" else np.full(7, 1 / 7))
     z = rng.normal(size=(11, 6)).astype(np.float32)
@@ -104,7 +107,7 @@ def test_prior_sampling_draws_components_by_weight():
     model.prior_layer.pseudo_inputs_variable.assign(u)
     weights = np.array([0.1, 0.2, 0.3, 0.4])
     model.prior_layer.mixture_logits.assign(np.log(weights).astype(np.float32))
-    means = model._encode_top(u)[0].numpy()
+    means = model.encode_top(u)[0].numpy()
     assert np.min([np.linalg.norm(means[i] - means[j]) for i in range(4) for j in range(i)]) > 1.0
     z = model.prior().sample(8000, seed=tf.constant([7, 8])).numpy()
     nearest = np.argmin(((z[:, None, :] - means[None]) ** 2).sum(-1), axis=1)
@@ -125,23 +128,38 @@ def test_unknown_prior_and_bad_k_are_clear_errors():
 def test_fast_mixture_log_prob_matches_numpy_and_tfp(dtype, rtol):
     """The matmul form used in training and evaluation against SciPy (values and gradients vs TFP)."""
     rng = np.random.default_rng(9)
-    means = tf.constant(rng.normal(size=(50, 8)), tf.float32)
-    logvars = tf.constant(rng.uniform(-6.0, 2.0, size=(50, 8)), tf.float32)
-    logits = tf.constant(rng.normal(size=50), tf.float32)
-    z = tf.constant(means.numpy()[rng.integers(0, 50, 30)] + rng.normal(scale=0.1, size=(30, 8)), tf.float32)
+    means = tf.constant(rng.normal(size=(50, 8)).astype(np.float32), dtype)
+    logvars = tf.constant(rng.uniform(-6.0, 2.0, size=(50, 8)).astype(np.float32), dtype)
+    logits = tf.constant(rng.normal(size=50).astype(np.float32), dtype)
+    z = tf.constant((means.numpy()[rng.integers(0, 50, 30)] + rng.normal(scale=0.1, size=(30, 8))).astype(np.float32),
+                    dtype)
     expected = _numpy_mixture_log_prob(z.numpy(), means.numpy(), logvars.numpy(), softmax(logits.numpy().astype(np.float64)))
     with tf.GradientTape(persistent=True) as tape:
         tape.watch([z, means, logvars])
-        dist = priors.gaussian_mixture(means, logvars, logits)
-        fast = priors.mixture_log_prob(dist, z, dtype)
-        slow = dist.log_prob(z)
-    assert fast.dtype == tf.float32
-    np.testing.assert_allclose(fast.numpy(), expected, rtol=rtol)  # float64 is cast back to float32
+        dist = priors.GaussianMixture(means, logvars, logits)
+        fast = dist.log_prob(z)
+        slow = tfd.MixtureSameFamily(tfd.Categorical(logits=logits), priors.diagonal_gaussian(means, logvars)).log_prob(z)
+    assert isinstance(dist, tfd.MixtureSameFamily) and fast.dtype == dtype
+    assert dist.batch_shape == [] and dist.event_shape == [8]
+    np.testing.assert_allclose(fast.numpy(), expected, rtol=rtol)
     for a, b in zip(tape.gradient(fast, [z, means, logvars]), tape.gradient(slow, [z, means, logvars])):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2e-3, atol=2e-3)
+    # Any sample shape, as for every TFP distribution.
+    np.testing.assert_allclose(dist.log_prob(tf.reshape(z, [5, 6, 8])).numpy().reshape(-1), fast.numpy(), rtol=1e-6)
     standard = _vae("standard").prior()
-    np.testing.assert_allclose(priors.mixture_log_prob(standard, z[:, :6]).numpy(),
+    np.testing.assert_allclose(standard.log_prob(tf.cast(z[:, :6], tf.float32)).numpy(),
                                norm.logpdf(z.numpy()[:, :6].astype(np.float64)).sum(-1), rtol=1e-6)
+
+
+def test_gaussian_mixture_checks_its_parameters():
+    with pytest.raises(ValueError, match="same shape"):
+        priors.GaussianMixture(tf.zeros([5, 3]), tf.zeros([5, 4]))
+    with pytest.raises(ValueError, match=r"\[K, D\]"):
+        priors.GaussianMixture(tf.zeros([5]), tf.zeros([5]))
+    with pytest.raises(ValueError, match="components"):
+        priors.GaussianMixture(tf.zeros([5, 3]), tf.zeros([5, 3]), tf.zeros([4]))
+    samples = priors.GaussianMixture(tf.zeros([5, 3]), tf.zeros([5, 3])).sample(7, seed=1)
+    assert samples.shape == (7, 3)
 
 
 def test_by_image_mixture_log_prob_is_accurate_in_float32_where_the_plain_expansion_is_not():
@@ -157,15 +175,15 @@ def test_by_image_mixture_log_prob_is_accurate_in_float32_where_the_plain_expans
     z = centres[None] + rng.normal(scale=0.05, size=(num_samples, num_images, d))  # [S, B, D]
     z_flat = z.reshape(-1, d).astype(np.float32)  # sample-major, as the models lay samples out
     expected = _numpy_mixture_log_prob(z_flat.astype(np.float64), means, logvars, softmax(logits.astype(np.float64)))
-    dist = priors.gaussian_mixture(*(tf.constant(a) for a in (means, logvars, logits)))
-    by_image = priors.mixture_log_prob_by_image(dist, tf.constant(centres, tf.float32), tf.float32)
+    dist = priors.GaussianMixture(*(tf.constant(a) for a in (means, logvars, logits)))
+    by_image = priors.log_prob_by_image(dist, tf.constant(centres, tf.float32), tf.float32)
     fast = by_image(tf.constant(z_flat)).numpy()
     assert fast.shape == (num_samples * num_images,) and fast.dtype == np.float32
     np.testing.assert_allclose(fast, expected, rtol=0, atol=1e-4)
-    plain = priors.mixture_log_prob(dist, tf.constant(z_flat), tf.float32).numpy()
+    plain = dist.log_prob(tf.constant(z_flat)).numpy()
     assert np.abs(plain - expected).max() > 5 * np.abs(fast - expected).max()  # what centring buys
     standard = priors.diagonal_gaussian(tf.zeros(d), tf.zeros(d))
-    np.testing.assert_allclose(priors.mixture_log_prob_by_image(standard, centres)(z_flat).numpy(),
+    np.testing.assert_allclose(priors.log_prob_by_image(standard, centres)(z_flat).numpy(),
                                norm.logpdf(z_flat.astype(np.float64)).sum(-1), rtol=1e-5)
 
 
@@ -188,7 +206,7 @@ def test_by_image_mixture_log_prob_falls_back_when_its_shift_does_not_fit(case):
     own = _numpy_mixture_log_prob(centres.astype(np.float32).astype(np.float64), means,
                                   logvars, softmax(logits.astype(np.float64)))
     assert np.abs(expected.reshape(num_samples, num_images) - own[None]).min() > 100  # the shift cannot fit
-    dist = priors.gaussian_mixture(*(tf.constant(a) for a in (means, logvars, logits)))
-    fast = priors.mixture_log_prob_by_image(dist, tf.constant(centres, tf.float32))(tf.constant(z)).numpy()
+    dist = priors.GaussianMixture(*(tf.constant(a) for a in (means, logvars, logits)))
+    fast = priors.log_prob_by_image(dist, tf.constant(centres, tf.float32))(tf.constant(z)).numpy()
     assert np.all(np.isfinite(fast))
     np.testing.assert_allclose(fast, expected, rtol=0, atol=1e-4)

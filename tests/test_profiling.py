@@ -70,9 +70,20 @@ def test_evaluation_flops_match_the_layer_shapes(prior):
     assert profiling.evaluation_flops(model, batch, samples, chunk) == pytest.approx(expected, rel=1e-12)
 
 
+def _vae_train_flops(pixels, d, batch):
+    """Dense FLOPs of one VAE training step (standard prior), from the paper's layer shapes:
+    forward, and the backward pass's two matmuls per forward one (input and weight gradients),
+    except the first layer's input gradient, which nothing needs."""
+    hidden = models.HIDDEN
+    gated = lambda fan_in: 2 * fan_in * hidden  # noqa: E731  (two kernels per gated layer)
+    forward = gated(pixels) + gated(hidden) + hidden * 2 * d + gated(d) + gated(hidden) + hidden * pixels
+    first_layer = gated(pixels)
+    return 2 * batch * (3 * forward - first_layer)
+
+
 def test_benchmark_script_quick(tmp_path):
-    """scripts/benchmark.py --quick on one small configuration: JSON rows and a table whose
-    fractions are the FLOP rates over the measured peak."""
+    """scripts/benchmark.py --quick: its FLOPs per step against the closed form of the VAE's
+    layer shapes, finite rates, the profile and the rows asked for."""
     out = tmp_path / "bench.json"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run(
@@ -83,18 +94,12 @@ def test_benchmark_script_quick(tmp_path):
     result = json.loads(out.read_text())
     assert [(r["model"], r["prior"], r["k"]) for r in result["rows"]] == [("vae", "standard", 1),
                                                                           ("vae", "vampprior", 2)]
-    peak = result["matmul_peak_flops"]
-    assert peak > 1e9 and result["eval_samples"] == 50
-    table = proc.stdout[proc.stdout.index("model | prior"):]
-    for row, line in zip(result["rows"], table.splitlines()[2:]):
-        train = row["train"]
-        assert train["flops_per_step"] > 0 and train["seconds_per_step"] > 0
-        assert row["eval"]["flops_per_image"] > 0 and row["peak_rss_mb"] > 0
+    standard = result["rows"][0]["train"]
+    assert standard["flops_per_step"] == _vae_train_flops(784, 40, result["batch_size"])
+    for row in result["rows"]:
+        assert 0 < row["train"]["seconds_per_step"] < 10 and row["peak_rss_mb"] > 0
         assert len(row["train_ops"]) == 3 and len(row["eval_ops"]) == 3
-        percent = 100 * train["flops_per_step"] / train["seconds_per_step"] / peak
-        assert line.split(" | ")[8] == f"{percent:.0f}%"
-        beside = 100 * train["flops_per_step"] / train["seconds_per_step"] / train["beside_peak_flops"]
-        assert line.split(" | ")[14].startswith(f"{beside:.0f}%, ")  # then the evaluation's
-        assert 1e9 < train["beside_peak_flops"] and 1e9 < row["eval"]["beside_peak_flops"]
-    assert result["rows"][1]["overhead"] == pytest.approx(
-        result["rows"][1]["train"]["seconds_per_step"] / result["rows"][0]["train"]["seconds_per_step"])
+        assert 1e9 < row["train"]["beside_peak_flops"] and 1e9 < row["eval"]["beside_peak_flops"]
+    # The VampPrior adds the pseudo-inputs' encoder pass and the mixture to the same step.
+    assert result["rows"][1]["train"]["flops_per_step"] > standard["flops_per_step"]
+    assert "% peak" in proc.stdout and result["machine"]["cpu"]

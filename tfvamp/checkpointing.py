@@ -29,6 +29,16 @@ MODEL_KEYS = ("model", "prior", "likelihood", "input_shape", "num_components", "
               "pseudo_inputs_mean", "pseudo_inputs_std", "seed")
 
 
+def run_name(model_dir):
+    """A run's name: the basename of its model_dir."""
+    return os.path.basename(os.path.normpath(model_dir))
+
+
+def default_export_dir(model_dir):
+    """Where a run's SavedModel goes unless --export_dir says: saved_models/<run name>."""
+    return os.path.join("saved_models", run_name(model_dir))
+
+
 def save_config(model_dir, config):
     """Writes `config` (a JSON-able dict with at least MODEL_KEYS) to `<model_dir>/config.json`."""
     missing = [k for k in MODEL_KEYS if k not in config]
@@ -67,6 +77,34 @@ def write_json(path, obj):
     return path
 
 
+def update_results(model_dir, sections):
+    """Merges `sections` ({name: dict}) into `<model_dir>/results.json`, atomically; returns the
+    whole results dict. The one writer of that file: training, evaluation and export each add
+    their section, and what is already there is kept."""
+    path = os.path.join(model_dir, RESULTS_FILE)
+    results = {}
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                results = json.load(f)
+        except (OSError, json.JSONDecodeError):
+            results = {}
+        if not isinstance(results, dict):
+            results = {}
+    results.update(sections)
+    write_json(path, results)
+    return results
+
+
+def load_results(model_dir):
+    """`<model_dir>/results.json` as a dict ({} when there is none)."""
+    path = os.path.join(model_dir, RESULTS_FILE)
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
 def load_config(model_dir):
     path = os.path.join(model_dir, CONFIG_FILE)
     if not os.path.exists(path):
@@ -76,22 +114,29 @@ def load_config(model_dir):
         return json.load(f)
 
 
-def model_from_config(config, pseudo_inputs_data=None, for_restore=False):
+def model_config(config):
+    """The model's Keras config (its constructor arguments) from a run config: the schema that
+    `model.get_config()` writes and `from_config` reads, for checkpoints and `.keras` files alike."""
+    return {"image_shape": tuple(config["input_shape"]), "prior": config["prior"],
+            "likelihood": config["likelihood"], "num_components": config["num_components"],
+            "z1_size": config["z1_size"], "z2_size": config["z2_size"],
+            "pseudo_inputs_mean": config["pseudo_inputs_mean"], "pseudo_inputs_std": config["pseudo_inputs_std"],
+            "seed": config.get("seed"), "compute_dtype": config.get("compute_dtype", "float32")}
+
+
+def model_from_config(config, pseudo_inputs_data=None):
     """Builds the (untrained) model a run config describes.
 
-    `vampprior_data` needs training images to build. With `for_restore=True` zeros of the
-    right shape stand in, since the fixed pseudo-inputs then come from a checkpoint; a model
-    about to be trained gets an error instead of blank pseudo-inputs.
+    With `pseudo_inputs_data` (training images), through `models.build_model`, as for training.
+    Without, through the model class's `from_config`, as before restoring weights: the
+    pseudo-inputs of `vampprior_data` are weights, so they come with the checkpoint.
     """
-    shape = tuple(config["input_shape"])
-    if config["prior"] == "vampprior_data" and pseudo_inputs_data is None and for_restore:
-        pseudo_inputs_data = np.zeros((config["num_components"],) + shape, np.float32)
-    return models.build_model(
-        config["model"], config["prior"], shape, config["likelihood"],
-        num_components=config["num_components"], z1_size=config["z1_size"], z2_size=config["z2_size"],
-        pseudo_inputs_mean=config["pseudo_inputs_mean"], pseudo_inputs_std=config["pseudo_inputs_std"],
-        pseudo_inputs_data=pseudo_inputs_data, seed=config.get("seed"),
-        compute_dtype=config.get("compute_dtype", "float32"))
+    if pseudo_inputs_data is not None:
+        options = model_config(config)
+        shape, name = options.pop("image_shape"), config["model"]
+        prior, likelihood = options.pop("prior"), options.pop("likelihood")
+        return models.build_model(name, prior, shape, likelihood, pseudo_inputs_data=pseudo_inputs_data, **options)
+    return models.model_class(config["model"]).from_config(model_config(config))
 
 
 def checkpoint_path(model_dir, which="best"):
@@ -123,6 +168,6 @@ def load_model(model_dir, which="best", compute_dtype=None):
     if path is None:
         raise FileNotFoundError(f"No {which!r} checkpoint in {model_dir!r} (looked in "
                                 f"{os.path.join(model_dir, BEST_DIR if which == 'best' else CHECKPOINT_DIR)}).")
-    model = model_from_config(config, for_restore=True)
+    model = model_from_config(config)
     tf.train.Checkpoint(model=model).restore(path).expect_partial().assert_existing_objects_matched()
     return model, config

@@ -5,7 +5,7 @@
         ...
     splits.info.likelihood      # 'bernoulli'
 
-Preprocessing (SPEC section 6), from the images the TFDS builders store (`tfvamp.datasets`):
+Preprocessing (docs/paper_details.md section 6), from the images the TFDS builders store (`tfvamp.datasets`):
   static_mnist, caltech101_silhouettes  0/1 as stored
   dynamic_mnist                         x / 255, then binarised (below)
   omniglot                              grey in [0, 1] as stored, then binarised (below)
@@ -54,7 +54,7 @@ class DatasetInfo:
       input_shape: (H, W, 1).
       likelihood: 'bernoulli' (binary data) or 'discretized_logistic' (grey data).
       pseudo_inputs_mean, pseudo_inputs_std: N(mean, std) initialisation of VampPrior
-        pseudo-inputs (SPEC section 2).
+        pseudo-inputs (docs/paper_details.md section 2).
       num_examples: {'train': N, 'validation': N, 'test': N}, the paper's split sizes.
       dynamic_binarization: True when training images are re-binarised every batch.
       builder_name: the TFDS builder, e.g. 'tfvamp_static_mnist'.
@@ -99,19 +99,23 @@ def get_info(name: str) -> DatasetInfo:
 
 
 class Splits(NamedTuple):
-    """`load`'s result: three datasets of float32 image batches [B, H, W, 1], and the info."""
+    """`load`'s result: three datasets of float32 image batches [B, H, W, 1], the info, and
+    `epochs(first_epoch)`: one dataset of the training batches of every epoch from
+    `first_epoch` on, each epoch's order (and binarisation) a function of the seed and the
+    epoch only, so that a resumed run sees what an uninterrupted one would."""
 
     train: tf.data.Dataset
     validation: tf.data.Dataset
     test: tf.data.Dataset
     info: DatasetInfo
+    epochs: Callable[[int], tf.data.Dataset] | None = None
 
 
 # ----------------------------------------------------------------------------- public API
 
 def load(name: str, batch_size: int, *, eval_batch_size: int | None = None, data_dir=None,
          manual_dir=None, seed: int = 0, shuffle_train: bool = True,
-         drop_remainder: bool = True) -> Splits:
+         drop_remainder: bool = True, max_steps_per_epoch: int = 0) -> Splits:
     """The paper's train / validation / test splits of `name` as batched `tf.data` datasets.
 
     Prepares the TFDS data first if needed (from the original files, see `tfvamp.datasets`).
@@ -128,6 +132,7 @@ def load(name: str, batch_size: int, *, eval_batch_size: int | None = None, data
       shuffle_train: reshuffle the training set every epoch.
       drop_remainder: drop the last incomplete training batch, so every batch (and every
         replica's share under tf.distribute) has the same size. Validation and test never drop.
+      max_steps_per_epoch: cap on the batches of an epoch in `epochs` (0: every full batch).
 
     Returns:
       Splits(train, validation, test, info); each dataset yields float32 [B, H, W, 1] in [0, 1].
@@ -167,8 +172,11 @@ def load(name: str, batch_size: int, *, eval_batch_size: int | None = None, data
         ds = tf.data.Dataset.from_tensor_slices(x).batch(eval_batch_size, drop_remainder=False)
         return ds.prefetch(2).with_options(_OPTIONS)
 
+    def epochs(first_epoch):
+        return _epoch_stream(name, stored_train, batch_size, seed, first_epoch, max_steps_per_epoch)
+
     return Splits(train.prefetch(2).with_options(_OPTIONS), evaluation("validation"),
-                  evaluation("test"), info)
+                  evaluation("test"), info, epochs)
 
 
 def as_numpy(name: str, split: str, *, data_dir=None, manual_dir=None, seed: int = 0) -> np.ndarray:
@@ -357,6 +365,39 @@ def _to_unit(name: str, x: tf.Tensor) -> tf.Tensor:
     if name == "histopathology":
         return tf.clip_by_value(x, 1.0 / 512.0, 1.0 - 1.0 / 512.0)
     return x  # static_mnist and caltech101_silhouettes are 0/1, omniglot grey in [0, 1]
+
+
+def _epoch_stream(name, stored, batch_size, seed, first_epoch, max_steps=0):
+    """Training batches of every epoch from `first_epoch` on (see `Splits.epochs`).
+
+    Epoch e is a permutation of the stored images drawn from (seed, e), cut into full batches
+    (at most `max_steps` of them); dynamically binarised sets draw each batch's pixels from
+    (seed, e, batch index).
+    """
+    images = tf.constant(stored)
+    count = len(stored)
+    steps = count // batch_size
+    steps = min(steps, int(max_steps)) if max_steps else steps
+    dynamic = get_info(name).dynamic_binarization
+
+    def epoch_batches(epoch):
+        key = tf.stack([tf.constant(seed, tf.int64), epoch])
+        order = tf.random.experimental.stateless_shuffle(tf.range(count), seed=key)
+        index = tf.reshape(order[: steps * batch_size], [steps, batch_size])
+        return tf.data.Dataset.from_tensor_slices((index, tf.range(steps, dtype=tf.int64))).map(
+            lambda i, step: _epoch_batch(name, tf.gather(images, i), key, step, dynamic),
+            num_parallel_calls=2, deterministic=True)
+
+    stream = tf.data.Dataset.range(int(first_epoch), 2 ** 62).flat_map(epoch_batches)
+    return stream.prefetch(2).with_options(_OPTIONS)
+
+
+def _epoch_batch(name, stored_batch, key, step, dynamic):
+    x = _to_unit(name, stored_batch)
+    if not dynamic:
+        return x
+    seed = tf.random.experimental.stateless_fold_in(key, step)
+    return tf.cast(tf.random.stateless_uniform(tf.shape(x), seed=seed) < x, tf.float32)
 
 
 def _binarize(grey: tf.Tensor, noise_seed: tf.Tensor, seed: int) -> tf.Tensor:

@@ -1,4 +1,4 @@
-"""Test-set evaluation (SPEC section 7): log-likelihood, ELBO, bits/dim, active units, pictures.
+"""Test-set evaluation (docs/paper_details.md section 7): log-likelihood, ELBO, bits/dim, active units, pictures.
 
     summary, per_example = evaluate(model, splits.test, num_samples=5000)
     summary['log_likelihood']   # mean importance-sampled log p(x), nats
@@ -18,7 +18,6 @@
   histogram of the per-example log-likelihoods.
 * `save_results` merges a summary into `<model_dir>/results.json` under the split's name.
 """
-import json
 import math
 import os
 import time
@@ -29,8 +28,8 @@ import tensorflow as tf
 
 from tfvamp import checkpointing
 from tfvamp import pictures
+from tfvamp import priors
 
-VAMPPRIOR_PRIORS = ("vampprior", "vampprior_data", "weighted_vampprior")
 ACTIVE_UNIT_THRESHOLD = 0.01
 
 _ELBO_FUNCTIONS = weakref.WeakKeyDictionary()
@@ -174,7 +173,17 @@ def evaluate(model, dataset, *, num_samples=5000, chunk_size=None, prior_dtype="
     per_example = {"log_likelihood": np.concatenate(lls).astype(np.float64),
                    "elbo": np.concatenate(elbos), "reconstruction": np.concatenate(recons),
                    "kl": np.concatenate(kls)}
+    means = {layer: np.concatenate(m, 0) for layer, m in means.items()}
+    summary = summarize(model, per_example, means)
+    summary.update({"num_samples": num_samples, "seconds": float(seconds),
+                    "images_per_second": float(count / max(seconds, 1e-9))})
+    return summary, per_example
+
+
+def summarize(model, per_example, posterior_means):
+    """The summary numbers of `evaluate` from its per-example arrays and posterior means."""
     ll = per_example["log_likelihood"]
+    count = len(ll)
     summary = {
         "log_likelihood": float(np.mean(ll)),
         "log_likelihood_std": float(np.std(ll)),
@@ -182,15 +191,13 @@ def evaluate(model, dataset, *, num_samples=5000, chunk_size=None, prior_dtype="
         "elbo": float(np.mean(per_example["elbo"])),
         "reconstruction": float(np.mean(per_example["reconstruction"])),
         "kl": float(np.mean(per_example["kl"])),
+        "num_examples": count,
     }
     if uses_bits_per_dim(model):
         summary["bits_per_dim"] = float(bits_per_dim(summary["log_likelihood"], model.num_pixels))
         summary["elbo_bits_per_dim"] = float(bits_per_dim(summary["elbo"], model.num_pixels))
-    means = {layer: np.concatenate(m, 0) for layer, m in means.items()}
-    summary["active_units"] = count_active_units(means) if count > 1 else {}
-    summary.update({"num_examples": count, "num_samples": num_samples, "seconds": float(seconds),
-                    "images_per_second": float(count / max(seconds, 1e-9))})
-    return summary, per_example
+    summary["active_units"] = count_active_units(posterior_means) if count > 1 else {}
+    return summary
 
 
 def pick_images(dataset, num, num_examples, seed=0):
@@ -225,9 +232,9 @@ def choose_pseudo_inputs(model, num, seed=0):
 
 
 def _require_vampprior(model):
-    if model.prior_name not in VAMPPRIOR_PRIORS:
+    if not priors.has_pseudo_inputs(model.prior_name):
         raise ValueError(f"The {model.prior_name!r} prior has no pseudo-inputs; they exist for "
-                         f"{', '.join(VAMPPRIOR_PRIORS)}.")
+                         f"{', '.join(priors.PSEUDO_INPUT_PRIORS)}.")
 
 
 def samples_from_pseudo_inputs(model, indices, num_samples=8, seed=0):
@@ -270,11 +277,11 @@ def _pseudo_input_sampler(model):
     @tf.function(autograph=False, reduce_retracing=True)
     def draw(indices, num_samples, seed):
         seed_z, seed_x = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-        mean, logvar = model._encode_top(tf.gather(model.prior_layer.pseudo_inputs(), indices))  # [M, D]
+        mean, logvar = model.encode_top(tf.gather(model.prior_layer.pseudo_inputs(), indices))  # [M, D]
         shape = tf.shape(mean)
         eps = tf.random.stateless_normal(tf.stack([shape[0], num_samples, shape[1]]), seed_z)
         z = mean[:, None] + tf.exp(0.5 * logvar)[:, None] * eps  # [M, n, D]
-        images = model._generate(tf.reshape(z, [-1, model.top_latent_size]), seed_x)
+        images = model.generate(tf.reshape(z, [-1, model.top_latent_size]), seed_x)
         return tf.reshape(images, tf.concat([[shape[0], num_samples], model.image_shape], 0))
 
     _PSEUDO_INPUT_SAMPLERS[model] = draw
@@ -317,7 +324,7 @@ def write_pictures(model, images, picture_dir, *, log_likelihoods=None, writer=N
         recon = model.reconstruct(originals).numpy()
         columns = 2 * max(1, int(math.ceil(math.sqrt(len(originals)))))
         grids["reconstructions"] = (pictures.interleave(originals, recon), columns)
-    if model.prior_name in VAMPPRIOR_PRIORS:
+    if priors.has_pseudo_inputs(model.prior_name):
         u = model.prior_layer.pseudo_inputs().numpy()
         grids["pseudo_inputs"] = (u, None)
         if num_pseudo_inputs > 0 and samples_per_pseudo_input > 0:
@@ -361,20 +368,7 @@ def write_summaries(writer, summary, step=0, prefix="eval"):
 
 
 def save_results(model_dir, summary, split="test", **extra):
-    """Merges `{split: {**summary, **extra}}` into `<model_dir>/results.json`; returns its path.
-
-    Other keys already in the file are kept, so evaluations of several splits (and whatever
-    training recorded) live side by side.
-    """
-    path = os.path.join(model_dir, "results.json")
-    results = {}
-    if os.path.exists(path):
-        with open(path) as f:
-            try:
-                results = json.load(f)
-            except json.JSONDecodeError:
-                results = {}
-        if not isinstance(results, dict):
-            results = {}
-    results[split] = {**summary, **extra}
-    return checkpointing.write_json(path, results)
+    """Merges `{split: {**summary, **extra}}` into `<model_dir>/results.json` (other sections are
+    kept); returns its path."""
+    checkpointing.update_results(model_dir, {split: {**summary, **extra}})
+    return os.path.join(model_dir, checkpointing.RESULTS_FILE)

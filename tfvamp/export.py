@@ -16,10 +16,10 @@ TF Serving and `saved_model_cli`), taking keyword arguments and returning dicts:
 
 | signature        | inputs                                   | outputs                                   |
 |------------------|------------------------------------------|-------------------------------------------|
-| `sample`         | `num_samples` int32 [], `seed` int32 []  | `images` float32 [N, H, W, C]             |
+| `sample`         | `num_samples` int64 [], `seed` int32 []  | `images` float32 [N, H, W, C]             |
 | `reconstruct`    | `images` float32 [B, H, W, C]            | `images` float32 [B, H, W, C]             |
 | `encode`         | `images`                                 | `{layer}_mean`, `{layer}_logvar` [B, D]   |
-| `log_likelihood` | `images`, `num_samples` int32 []         | `log_likelihood` float64 [B]              |
+| `log_likelihood` | `images`, `num_samples` int64 []         | `log_likelihood` float64 [B]              |
 | `pseudo_inputs`  | (none; VampPrior priors only)            | `pseudo_inputs` float32 [K, H, W, C]      |
 | `metadata`       | (none)                                   | strings and `image_shape` int32 [3]       |
 
@@ -31,21 +31,33 @@ sampling, prior computed once per call, chunked, float64 logsumexp) with the lib
 chunk size.
 
 Inputs are validated inside the graph: images must be rank 4 with the model's `[H, W, C]` and
-values in [0, 1] (NaN fails too); `num_samples` must be >= 1. A violation raises
-`tf.errors.InvalidArgumentError` whose message says what was expected and what was given.
+values in [0, 1] (NaN fails too); `num_samples` must lie in [1, cap], checked as int64 before
+any cast, so that no request can exhaust memory or run without end: at most `max_samples`
+images per `sample` call (default 4096) and `max_importance_samples` per `log_likelihood` call
+(default 100000), fixed at export time (`--export_max_samples`, `--export_max_importance_samples`)
+and shown by `metadata()`. A violation raises `tf.errors.InvalidArgumentError` at once, with a
+message that says what was expected and what was given.
+
+The export is atomic: the SavedModel is written to a temporary sibling folder and renamed into
+place, so `export_dir` holds either the previous export or the complete new one, never a
+half-written folder (`is_complete` tells).
 The dtype is fixed by the signatures (float32 images, int32 counts): NumPy arrays and Python
 lists are converted, a tensor of another dtype is refused by TensorFlow with a `TypeError`
 ("Can not cast TensorSpec(... dtype=tf.float64 ...) to TensorSpec(... dtype=tf.float32 ...)").
 """
 import json
 import os
+import shutil
 
 import tensorflow as tf
 
 from tfvamp import checkpointing
+from tfvamp import estimator
+from tfvamp import priors
 
 CONFIG_FILE = "tfvamp_config.json"  # written to <export_dir>/assets.extra/
-VAMPPRIOR_PRIORS = ("vampprior", "vampprior_data", "weighted_vampprior")
+MAX_SAMPLES = 4096
+MAX_IMPORTANCE_SAMPLES = 100_000
 
 
 def _check_images(images, image_shape):
@@ -72,10 +84,13 @@ def _check_images(images, image_shape):
     return tf.ensure_shape(images, [None] + list(image_shape))
 
 
-def _check_count(value, name):
-    check = tf.debugging.Assert(value >= 1, [f"{name} must be >= 1; got", value], name=f"check_{name}")
+def _check_count(value, name, cap):
+    """In-graph check that the int64 `value` lies in [1, cap]; returns it as int32."""
+    ok = tf.logical_and(value >= 1, value <= cap)
+    check = tf.debugging.Assert(ok, [f"{name} must be between 1 and {cap} (this export's limit, set when "
+                                     "it was exported); got", value], name=f"check_{name}")
     with tf.control_dependencies([check]):
-        return tf.identity(value)
+        return tf.cast(tf.identity(value), tf.int32)
 
 
 class ServedModel(tf.Module):
@@ -85,14 +100,14 @@ class ServedModel(tf.Module):
     SavedModel contains only its variables and the traced graphs, never tfvamp's classes.
     """
 
-    def __init__(self, model, config=None):
+    def __init__(self, model, config=None, max_samples=MAX_SAMPLES, max_importance_samples=MAX_IMPORTANCE_SAMPLES):
         super().__init__(name="tfvamp")
         image_shape = tuple(int(d) for d in model.image_shape)
-        vampprior = model.prior_name in VAMPPRIOR_PRIORS
+        max_samples, max_importance_samples = _cap(max_samples), _cap(max_importance_samples)
         # The library's default chunking, as rows (sample x image pairs) per chunk.
-        rows_per_chunk = int(model.default_chunk_size(1, 2 ** 31 - 1))
+        rows_per_chunk = estimator.rows_per_chunk(model)
         image_spec = tf.TensorSpec(None, tf.float32, name="images")
-        count_spec = tf.TensorSpec([], tf.int32, name="num_samples")
+        count_spec = tf.TensorSpec([], tf.int64, name="num_samples")
         seed_spec = tf.TensorSpec([], tf.int32, name="seed")
 
         # Every variable the functions read is tracked here, and only here.
@@ -101,13 +116,12 @@ class ServedModel(tf.Module):
         @tf.function(input_signature=[count_spec, seed_spec], autograph=False)
         def sample(num_samples, seed):
             """`num_samples` images from the model; the same seed gives the same images."""
-            num_samples = _check_count(num_samples, "num_samples")
-            return model._sample_graph(num_samples, tf.stack([seed, 0]))
+            return model.sample(_check_count(num_samples, "num_samples", max_samples), seed)
 
         @tf.function(input_signature=[image_spec], autograph=False)
         def reconstruct(images):
             """Decoded posterior means (as `model.reconstruct`)."""
-            return model._reconstruct_graph(_check_images(images, image_shape), tf.constant([0, 1], tf.int32))
+            return model.reconstruct(_check_images(images, image_shape))
 
         @tf.function(input_signature=[image_spec], autograph=False)
         def encode(images):
@@ -118,14 +132,16 @@ class ServedModel(tf.Module):
         def log_likelihood(images, num_samples):
             """Importance-sampled log p(x) in nats, float64 `[B]`."""
             images = _check_images(images, image_shape)
-            num_samples = _check_count(num_samples, "num_samples")
+            num_samples = _check_count(num_samples, "num_samples", max_importance_samples)
             batch = tf.maximum(tf.shape(images)[0], 1)
             chunk = tf.clip_by_value(rows_per_chunk // batch, 1, num_samples)
-            return model._log_likelihood_graph(images, num_samples, chunk)
+            seed = tf.random.uniform([2], maxval=2 ** 31 - 1, dtype=tf.int32)
+            return estimator.log_likelihood_graph(model, images, num_samples, chunk, seed)
 
         config_json = json.dumps(checkpointing.to_jsonable(config or model.get_config()), sort_keys=True)
         names = {"model": model.model_name, "prior": model.prior_name,
                  "likelihood": model.likelihood_name, "config": config_json}
+        limits = {"max_samples": max_samples, "max_importance_samples": max_importance_samples}
         latent_sizes = dict(model.latent_sizes)
 
         @tf.function(input_signature=[], autograph=False)
@@ -134,11 +150,12 @@ class ServedModel(tf.Module):
             out = {k: tf.constant(v) for k, v in names.items()}
             out["image_shape"] = tf.constant(image_shape, tf.int32)
             out.update({f"{k}_size": tf.constant(v, tf.int32) for k, v in latent_sizes.items()})
+            out.update({k: tf.constant(v, tf.int64) for k, v in limits.items()})
             return out
 
         self.sample, self.reconstruct, self.encode = sample, reconstruct, encode
         self.log_likelihood, self.metadata = log_likelihood, metadata
-        if vampprior:
+        if priors.has_pseudo_inputs(model.prior_name):
             @tf.function(input_signature=[], autograph=False)
             def pseudo_inputs():
                 """The pseudo-inputs as the encoder sees them, `[K, H, W, C]` in [0, 1]."""
@@ -170,23 +187,62 @@ def _named(function, output_name):
     return tf.function(wrapper, input_signature=specs, autograph=False).get_concrete_function()
 
 
-def export_saved_model(model, export_dir, config=None):
+def _cap(value):
+    value = int(value)
+    if not 1 <= value < 2 ** 31:
+        raise ValueError(f"An export's sample limit must be in [1, 2^31), got {value}.")
+    return value
+
+
+def is_complete(export_dir):
+    """True when `export_dir` holds a whole export (graph, variables and tfvamp's config)."""
+    export_dir = os.fspath(export_dir)
+    return all(os.path.exists(os.path.join(export_dir, *p)) for p in (
+        ("saved_model.pb",), ("variables", "variables.index"), ("assets.extra", CONFIG_FILE)))
+
+
+def check_writable(export_dir):
+    """Raises OSError (naming the folder and the fix) unless `export_dir` could be written:
+    checked before training, so that a bad --export_dir does not fail after hours."""
+    parent = os.path.dirname(os.path.abspath(os.fspath(export_dir)))
+    try:
+        os.makedirs(parent, exist_ok=True)
+        probe = os.path.join(parent, f".tfvamp_write_test_{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise OSError(f"Cannot write the SavedModel to {export_dir}: {parent} is not writable "
+                      f"({e.strerror or e}). Choose another --export_dir, or --noexport.") from None
+
+
+def export_saved_model(model, export_dir, config=None, max_samples=MAX_SAMPLES,
+                       max_importance_samples=MAX_IMPORTANCE_SAMPLES):
     """Writes `model` as a SavedModel that TensorFlow serves without tfvamp.
 
+    Written to a temporary sibling folder and renamed into place (module docstring).
+
     Args:
-      model: a tfvamp `LatentVariableModel` (any model, prior and likelihood).
-      export_dir: the SavedModel directory to write (created; an existing export is replaced).
+      model: a tfvamp model (any family, prior and likelihood).
+      export_dir: the SavedModel directory to write (an existing export is replaced).
       config: optional run config (a JSON-able dict, e.g. the run's config.json) recorded in
         the export's `metadata()['config']` and in `<export_dir>/assets.extra/tfvamp_config.json`;
         default: `model.get_config()`.
+      max_samples: the most images one `sample` call may ask for.
+      max_importance_samples: the most importance samples one `log_likelihood` call may ask for.
 
     Returns:
       `export_dir`.
     """
-    export_dir = os.fspath(export_dir)
-    served = ServedModel(model, config)
-    tf.saved_model.save(served, export_dir, signatures=served.serving_signatures())
-    extra = os.path.join(export_dir, "assets.extra")
-    os.makedirs(extra, exist_ok=True)
-    checkpointing.write_json(os.path.join(extra, CONFIG_FILE), config or model.get_config())
+    export_dir = os.fspath(export_dir).rstrip(os.sep)
+    served = ServedModel(model, config, max_samples, max_importance_samples)
+    temporary = f"{export_dir}.incomplete-{os.getpid()}"
+    shutil.rmtree(temporary, ignore_errors=True)
+    tf.saved_model.save(served, temporary, signatures=served.serving_signatures())
+    checkpointing.write_json(os.path.join(temporary, "assets.extra", CONFIG_FILE), config or model.get_config())
+    previous = f"{export_dir}.previous-{os.getpid()}"
+    if os.path.exists(export_dir):
+        os.replace(export_dir, previous)
+    os.replace(temporary, export_dir)
+    shutil.rmtree(previous, ignore_errors=True)
     return export_dir

@@ -6,7 +6,6 @@
 * `MaskedConv2D`: PixelCNN masks 'A' (excludes the centre pixel) and 'B' (includes it), with
   colour groups (R before G before B within a pixel) for images of any number of channels;
   `pixelcnn_head_mask` masks the 1x1 output head to match.
-* `Hardtanh`: clip to [min_value, max_value], as the release's variance heads and pseudo-inputs use.
 
 All layers take and return float tensors; shapes are in the docstrings.
 """
@@ -15,27 +14,10 @@ import numpy as np
 import tensorflow as tf
 
 
-def _he_normal(seed=None):
-    # The release initialises every weight with He et al.'s normal (fan-in, gain sqrt(2)).
-    return keras.initializers.HeNormal(seed=seed)
-
-
-@keras.saving.register_keras_serializable(package="tfvamp")
-class Hardtanh(keras.layers.Layer):
-    """Element-wise clip to [min_value, max_value] (torch's `nn.Hardtanh`)."""
-
-    def __init__(self, min_value=-1.0, max_value=1.0, **kwargs):
-        super().__init__(**kwargs)
-        if not min_value < max_value:
-            raise ValueError(f"Hardtanh needs min_value < max_value, got {min_value} >= {max_value}.")
-        self.min_value = float(min_value)
-        self.max_value = float(max_value)
-
-    def call(self, x):
-        return tf.clip_by_value(x, self.min_value, self.max_value)
-
-    def get_config(self):
-        return {**super().get_config(), "min_value": self.min_value, "max_value": self.max_value}
+def _he_normal():
+    # The release initialises every weight with He et al.'s normal (fan-in, gain sqrt(2));
+    # Keras' truncated form keeps that variance. Seeded through keras.utils.set_random_seed.
+    return keras.initializers.HeNormal()
 
 
 @keras.saving.register_keras_serializable(package="tfvamp")

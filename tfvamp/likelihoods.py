@@ -5,7 +5,7 @@ Three names, chosen with `--likelihood` or `build_model(..., likelihood=...)`:
 * `bernoulli`: binary pixels, parameterised by logits (stable; the release clamps
   probabilities to [1e-5, 1 - 1e-5] instead).
 * `discretized_logistic`: 256-bin discretised logistic exactly as the release computes it
-  (SPEC section 3): log(sigmoid((bin + 1/256 - mu) / s) - sigmoid((bin - mu) / s) + 1e-7).
+  (docs/paper_details.md section 3): log(sigmoid((bin + 1/256 - mu) / s) - sigmoid((bin - mu) / s) + 1e-7).
   Its bin masses do not sum to 1 (no edge bins); it is what produced the published numbers.
 * `discretized_logistic_normalized`: the edge-corrected variant: the first bin takes all
   mass below 1/256 and the last all mass above 255/256, so the 256 masses sum to exactly 1
@@ -17,8 +17,6 @@ wraps it in `tfd.Independent` so that the event shape is the image `[H, W, C]`.
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
-from tensorflow_probability.python.internal import dtype_util
-from tensorflow_probability.python.internal import tensor_util
 
 tfd = tfp.distributions
 
@@ -60,10 +58,9 @@ class DiscretizedLogistic(tfd.Distribution):
                  validate_args=False, allow_nan_stats=True, name="DiscretizedLogistic"):
         parameters = dict(locals())
         with tf.name_scope(name) as name:
-            dtype = dtype_util.common_dtype([loc, log_scale], tf.float32)
-            self._loc = tensor_util.convert_nonref_to_tensor(loc, dtype=dtype, name="loc")
-            self._log_scale = tensor_util.convert_nonref_to_tensor(
-                log_scale, dtype=dtype, name="log_scale")
+            dtype = next((tf.as_dtype(p.dtype) for p in (loc, log_scale) if hasattr(p, "dtype")), tf.float32)
+            self._loc = tf.convert_to_tensor(loc, dtype=dtype, name="loc")
+            self._log_scale = tf.convert_to_tensor(log_scale, dtype=dtype, name="log_scale")
             self._num_bins = int(num_bins)
             self._normalized = bool(normalized)
             super().__init__(dtype=dtype, reparameterization_type=tfd.NOT_REPARAMETERIZED,

@@ -1,17 +1,27 @@
-"""The paper's four model families as Keras model subclasses (SPEC section 4).
+"""The paper's four model families as Keras model subclasses (docs/paper_details.md section 4).
 
 * `VAE`:       one latent z; MLP q(z|x) and p(x|z).
 * `HVAE`:      two latents, prior on z2: q(z2|x) q(z1|x,z2), p(z2) p(z1|z2) p(x|z1,z2); MLPs.
 * `ConvHVAE`:  HVAE with gated-convolution encoders and a gated-convolution decoder.
 * `PixelHVAE`: ConvHVAE encoders with a PixelCNN decoder (autoregressive over pixels).
 
-Every model shares one objective and one estimator, written once in `LatentVariableModel`:
-a model only says what it computes from x once (`_encode_x`), how it draws its latents and
-scores them (`_terms`), how it encodes to the prior's latent (`_encode_top`) and how it
-generates (`_generate`).
+The model protocol. Every family implements these, and the objective (`loss_terms`), the
+importance sampler (`tfvamp.estimator`), sampling, evaluation and export are written once
+against them; no other module reaches inside a model.
 
-Shapes: images are `[B, H, W, C]` float32 in [0, 1]. `S` importance samples of every latent
-are laid out sample-major as `[S * B, ...]` inside the networks, and `[S, B]` in the log-weights.
+| method                                   | what it does                                                   |
+|------------------------------------------|----------------------------------------------------------------|
+| `encode_top(x)`                          | q(top latent | x): images `[N, H, W, C]` -> (mean, logvar) `[N, D_top]` |
+| `encode_data(x, many_samples=False)`     | what q and p(x|.) need from x once per batch: a dict of `[B, ...]` tensors with `top_mean` and `top_logvar`; `many_samples=True` adds the likelihood's per-image context for scoring many samples per image |
+| `score_latents(x, encoded, S, log_prior, noise_fn, training)` | draws S latents per image from q and returns (log p(x|z), log q(z|x), log p(z)), each `[S, B]` |
+| `generate(top, seed)`                    | images `[N, H, W, C]` in [0, 1] from top-latent samples `[N, D_top]` |
+| `floats_per_sample()`                    | activation floats one (sample, image) pair costs: sizes the sampler's chunks |
+| `prior()`                                | the prior over the top latent, a TFP distribution, event `[D_top]` |
+
+Shapes: images are `[B, H, W, C]` float32 in [0, 1]. `S` samples of every latent are laid out
+sample-major as `[S * B, ...]` inside the networks, and `[S, B]` in the log-densities.
+`log_prior` maps top latents `[S * B, D_top]` to `[S * B]`: `prior().log_prob` in training,
+the prior centred on each image (`GaussianMixture.log_prob_by_image`) in the sampler.
 """
 import math
 
@@ -19,15 +29,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfvamp import estimator
 from tfvamp import layers as tl
 from tfvamp import likelihoods
+from tfvamp import noise
 from tfvamp import priors
+from tfvamp.heads import GaussianHead, ImageHead
 
 MODELS = ("vae", "hvae", "convhvae", "pixelhvae")
+COMPUTE_DTYPES = ("float32", "bfloat16")
 LOG_2PI = math.log(2.0 * math.pi)
-LOGVAR_MIN, LOGVAR_MAX = -6.0, 2.0  # the release's hardtanh on every variance head
 HIDDEN = 300
-_FLOAT_BUDGET = 2 ** 26  # floats of activations per importance-sampling chunk (~256 MB)
 
 
 def log_normal_diag(x, mean, logvar):
@@ -38,134 +50,24 @@ def log_normal_diag(x, mean, logvar):
     return -0.5 * tf.reduce_sum(LOG_2PI + logvar + tf.square(x - mean) * tf.exp(-logvar), axis=-1)
 
 
-def stateless_normal(shape, seed):
-    """Standard normals of `shape` from `seed` (`[2]` int32), stateless.
-
-    The Box-Muller transform of Philox uniforms, which is also what
-    `tf.random.stateless_normal` computes, written here in vectorised ops: about half its
-    cost for the importance sampler's draws on this CPU (docs/benchmarks.md). The smallest
-    1 - u is 2^-23, so |z| <= 5.8 as in TensorFlow's own kernel.
-    """
-    shape = tf.convert_to_tensor(shape, tf.int32)
-    size = tf.reduce_prod(shape)
-    uniform = tf.random.stateless_uniform(tf.stack([2, (size + 1) // 2]), seed)  # [0, 1)
-    radius = tf.sqrt(-2.0 * tf.math.log1p(-uniform[0]))
-    angle = (2.0 * math.pi) * uniform[1]
-    return tf.reshape(tf.concat([radius * tf.cos(angle), radius * tf.sin(angle)], 0)[:size], shape)
-
-
-def stateless_noise_fn(seed):
-    """A `noise_fn` (shape -> standard normals) of stateless draws from `seed` (`[2]` int32).
-
-    Each call site gets its own stream (the counter advances at trace time), so the HVAE's z2
-    and z1 draws are independent.
-    """
-    calls = [0]
-
-    def noise_fn(shape):
-        call_seed = tf.random.experimental.stateless_fold_in(seed, calls[0])
-        calls[0] += 1
-        return stateless_normal(shape, call_seed)
-
-    return noise_fn
-
-
 def _tile(t, num_samples):
     """`[B, ...]` -> `[S * B, ...]`, sample-major."""
     return tf.tile(t, tf.concat([[num_samples], tf.ones([tf.rank(t) - 1], tf.int32)], 0))
 
 
-@keras.saving.register_keras_serializable(package="tfvamp")
-class GaussianHead(keras.layers.Layer):
-    """Linear mean and hardtanh(-6, 2) log-variance heads: `[N, F]` -> (`[N, D]`, `[N, D]`)."""
-
-    def __init__(self, latent_size, **kwargs):
-        super().__init__(**kwargs)
-        self.latent_size = int(latent_size)
-
-    def build(self, input_shape):
-        self.kernel = self.add_weight(name="kernel", shape=(int(input_shape[-1]), 2 * self.latent_size),
-                                      initializer=keras.initializers.HeNormal())
-        self.bias = self.add_weight(name="bias", shape=(2 * self.latent_size,), initializer="zeros")
-
-    def call(self, h):
-        mean, logvar = tf.split(tf.matmul(h, self.kernel) + self.bias, 2, axis=-1)
-        return mean, tf.clip_by_value(logvar, LOGVAR_MIN, LOGVAR_MAX)
-
-    def get_config(self):
-        return {**super().get_config(), "latent_size": self.latent_size}
+def _reparameterize(mean, logvar, num_samples, noise_fn):
+    """z = mean + exp(logvar / 2) * eps with eps `[S, B, D]`, and log q(z) = log N(z | mean,
+    exp(logvar)) written with eps (the same value and gradient, without forming
+    (z - mean)^2 / var again). Returns z `[S * B, D]` and log q `[S * B]`, sample-major."""
+    shape = tf.concat([[num_samples], tf.shape(mean)], 0)
+    eps = tf.random.normal(shape) if noise_fn is None else noise_fn(shape)
+    z = mean[None] + tf.exp(0.5 * logvar)[None] * eps
+    log_q = -0.5 * (tf.reduce_sum(LOG_2PI + logvar, -1)[None] + tf.reduce_sum(tf.square(eps), -1))
+    return tf.reshape(z, [-1, tf.shape(mean)[-1]]), tf.reshape(log_q, [-1])
 
 
-@keras.saving.register_keras_serializable(package="tfvamp")
-class ImageHead(keras.layers.Layer):
-    """Decoder features -> the likelihood's parameter maps, each `[N, H, W, C]`.
-
-    Dense mode takes `[N, F]` (a linear layer per parameter); conv mode takes `[N, H, W, F]`
-    (a 1x1 convolution per parameter). Bernoulli: logits. Discretized logistic: loc =
-    sigmoid clamped to [1/512, 1 - 1/512], log_scale = hardtanh(-4.5, 0), as in the release.
-    """
-
-    def __init__(self, likelihood, image_shape, conv=False, **kwargs):
-        super().__init__(**kwargs)
-        self.likelihood = likelihoods.check_likelihood(likelihood)
-        self.image_shape = tuple(int(d) for d in image_shape)
-        self.conv = bool(conv)
-        self.num_params = likelihoods.num_params(likelihood)
-
-    def build(self, input_shape):
-        channels = self.image_shape[-1]
-        width = channels if self.conv else int(np.prod(self.image_shape))
-        self.kernel = self.add_weight(name="kernel", shape=(int(input_shape[-1]), self.num_params * width),
-                                      initializer=keras.initializers.HeNormal())
-        self.bias = self.add_weight(name="bias", shape=(self.num_params * width,), initializer="zeros")
-
-    def call(self, h):
-        if self.conv:
-            out = tf.tensordot(h, self.kernel, 1) + self.bias  # a 1x1 convolution
-        else:
-            out = tf.matmul(h, self.kernel) + self.bias
-        shape = tf.concat([tf.shape(h)[:1], self.image_shape], 0)
-        parts = tf.split(out, self.num_params, axis=-1)
-        if not self.conv:
-            parts = [tf.reshape(p, shape) for p in parts]
-        if self.likelihood == "bernoulli":
-            return parts
-        loc = tf.clip_by_value(tf.sigmoid(parts[0]), likelihoods.LOC_MIN, likelihoods.LOC_MAX)
-        log_scale = tf.clip_by_value(parts[1], likelihoods.LOG_SCALE_MIN, likelihoods.LOG_SCALE_MAX)
-        return [loc, log_scale]
-
-    def sampler_context(self, x):
-        """What makes `log_prob` cheap when many samples share each image of x `[B, H, W, C]`:
-        for a dense Bernoulli head, `likelihoods.bernoulli_sampler_context`; otherwise None."""
-        if self.conv or self.likelihood != "bernoulli":
-            return None
-        flat = tf.reshape(x, [tf.shape(x)[0], -1])
-        return likelihoods.bernoulli_sampler_context(flat, self.kernel, self.bias)
-
-    def log_prob(self, h, x, num_samples, context=None):
-        """log p(x | the parameters this head makes from the features h), per sample.
-
-        Args:
-          h: features `[S * B, F]` (dense) or `[S * B, H, W, F]` (conv), sample-major.
-          x: images `[B, H, W, C]`.
-          num_samples: S.
-          context: `sampler_context(x)`, or None: then the parameters are formed and scored
-            by `likelihoods.log_prob`.
-
-        Returns:
-          `[S, B]`.
-        """
-        if context is not None:
-            features = tf.reshape(tf.cast(h, self.compute_dtype), [num_samples, -1, h.shape[-1]])
-            return likelihoods.bernoulli_log_prob_dense(features, self.kernel, self.bias, context)
-        shape = tf.concat([[num_samples], tf.shape(x)], 0)
-        return likelihoods.log_prob(self.likelihood, [tf.reshape(p, shape) for p in self(h)], x)
-
-    def get_config(self):
-        return {**super().get_config(), "likelihood": self.likelihood,
-                "image_shape": self.image_shape, "conv": self.conv}
-
-
+# The Sequential stacks below are part of the checkpoint format (their variables are saved
+# under `<name>/_functional/_operations/<i>`): keep their layer lists as they are.
 def _mlp(units, name, flatten=False, dtype=None):
     """Gated MLP stack; `flatten` first turns images `[N, H, W, C]` into `[N, H*W*C]`."""
     stack = [keras.layers.Flatten(dtype=dtype)] if flatten else []
@@ -179,11 +81,8 @@ def _conv_stack(specs, name, dtype=None):
     return keras.Sequential(stack + [keras.layers.Flatten(dtype=dtype)], name=name)
 
 
-COMPUTE_DTYPES = ("float32", "bfloat16")
-
-
 class LatentVariableModel(keras.Model):
-    """What every model shares: prior, objective, importance-sampled log-likelihood, sampling.
+    """What every model shares: prior, objective, sampling, and the protocol's plumbing.
 
     Args:
       image_shape: `(H, W, C)` of the data.
@@ -193,7 +92,9 @@ class LatentVariableModel(keras.Model):
       z1_size, z2_size: latent sizes (the one-level VAE's z has `z1_size`).
       pseudo_inputs_mean, pseudo_inputs_std: N(mean, std) initialisation of pseudo-inputs.
       pseudo_inputs_data: `[N >= K, H, W, C]` training images: the fixed pseudo-inputs of
-        `vampprior_data` (required there), or the initialisation of `vampprior`.
+        `vampprior_data`, or the initialisation of `vampprior`. Not part of the config: the
+        pseudo-inputs are weights, restored with the others (`build_model` refuses
+        `vampprior_data` without them).
       seed: seeds the choice of data pseudo-inputs and the prior's initialisers (seed the
         rest with `keras.utils.set_random_seed`).
       compute_dtype: 'float32', or 'bfloat16' for the hidden layers (mixed precision).
@@ -229,54 +130,60 @@ class LatentVariableModel(keras.Model):
         self._build_networks()
         self.prior_layer = priors.make_prior(
             self.prior_name, self.top_latent_size, image_shape, self.num_components,
-            self.pseudo_inputs_mean, self.pseudo_inputs_std, pseudo_inputs_data, seed)
+            self.pseudo_inputs_mean, self.pseudo_inputs_std, pseudo_inputs_data, seed,
+            restoring=pseudo_inputs_data is None)
         # Create every weight now, so that checkpoints and optimizers see the full model.
         self.loss_terms(tf.zeros((1,) + image_shape))
         self.built = True
 
-    # ---- what a model family defines -------------------------------------------------------
+    # ---- the protocol (families implement these) ----------------------------------------------
     top_latent_size = None
+    latent_sizes = None  # {layer name: size}
 
     def _build_networks(self):
         raise NotImplementedError
 
-    def _encode_top(self, x):
-        """q(top latent | x): images `[N, H, W, C]` -> (mean, logvar) `[N, D_top]`."""
+    def encode_top(self, x):
+        """q(top latent | x): images `[N, H, W, C]` -> (mean, logvar), each `[N, D_top]`."""
         raise NotImplementedError
 
-    def _encode_x(self, x):
-        """What q needs from x that does not depend on the sample: a dict of `[B, ...]` tensors,
-        with the top latent's posterior mean under `_top_mean_key`."""
+    def encode_data(self, x, many_samples=False):
+        """What q and p(x|.) need from x, once per batch (see the module docstring)."""
         raise NotImplementedError
 
-    _top_mean_key = None
-
-    def _terms(self, x, encoded, num_samples, log_prior, noise_fn, training):
+    def score_latents(self, x, encoded, num_samples, log_prior, noise_fn=None, training=False):
         """Draws `num_samples` latents per image from q and scores them.
 
-        `encoded` is `_encode_x(x)`, computed once per batch (the importance sampler reuses it
-        for every chunk, and adds `px_context`, the head's `sampler_context(x)`, when the head
-        has one). `log_prior`: top latents `[S * B, D]` (sample-major) -> log p `[S * B]`,
-        built once per call from the prior (`priors.mixture_log_prob` in training,
-        `priors.mixture_log_prob_by_image` in the importance sampler).
+        Args:
+          x: images `[B, H, W, C]`.
+          encoded: `encode_data(x, ...)`, computed once per batch.
+          num_samples: S.
+          log_prior: top latents `[S * B, D_top]` -> log p `[S * B]`.
+          noise_fn: `shape -> standard normals` (`tfvamp.noise`); None draws from TF's generator.
+          training: batch-norm mode (PixelHVAE).
 
-        Returns (log p(x|z), log q(z|x), log p(z)), each `[S, B]`.
+        Returns:
+          (log p(x|z), log q(z|x), log p(z)), each `[S, B]`; two-level models sum both layers.
         """
         raise NotImplementedError
 
-    def _generate(self, top, seed):
-        """Images `[N, H, W, C]` in [0, 1] from top-latent samples `[N, D_top]`."""
+    def generate(self, top, seed):
+        """Images `[N, H, W, C]` in [0, 1] from top-latent samples `[N, D_top]`; `seed` `[2]` int32
+        seeds what is drawn below the top (z1, PixelHVAE's pixels)."""
         raise NotImplementedError
 
-    def _floats_per_row(self):
-        """Activation floats one (sample, image) pair costs: sizes the IS chunks."""
+    def floats_per_sample(self):
+        """Activation floats one (sample, image) pair costs: sizes the importance sampler's chunks."""
         return 8 * HIDDEN + 4 * self.num_pixels
 
-    # ---- shared machinery --------------------------------------------------------------------
-    @property
-    def latent_sizes(self):
+    def encode(self, x):
+        """Posterior parameters per latent layer: dict `{layer}_mean`, `{layer}_logvar`, `[B, D]`."""
         raise NotImplementedError
 
+    def _reconstruct_from_seed(self, x, seed):
+        raise NotImplementedError
+
+    # ---- shared -----------------------------------------------------------------------------
     def _check_input(self, x):
         x = tf.convert_to_tensor(x, dtype=tf.float32)
         if x.shape.rank != 4 or tuple(x.shape[1:]) != self.image_shape:
@@ -285,20 +192,19 @@ class LatentVariableModel(keras.Model):
                              f"got shape {list(x.shape)}.")
         return x
 
-    @staticmethod
-    def _reparameterize(mean, logvar, num_samples, noise_fn):
-        """z = mean + exp(logvar / 2) * eps with eps `[S, B, D]`, and log q(z) = log N(z | mean,
-        exp(logvar)) written with eps (the same value and gradient, without forming (z - mean)^2 /
-        var again). Returns z `[S * B, D]` and log q `[S * B]`, sample-major."""
-        shape = tf.concat([[num_samples], tf.shape(mean)], 0)
-        eps = tf.random.normal(shape) if noise_fn is None else noise_fn(shape)
-        z = mean[None] + tf.exp(0.5 * logvar)[None] * eps
-        log_q = -0.5 * (tf.reduce_sum(LOG_2PI + logvar, -1)[None] + tf.reduce_sum(tf.square(eps), -1))
-        return tf.reshape(z, [-1, tf.shape(mean)[-1]]), tf.reshape(log_q, [-1])
+    def _likelihood_log_prob(self, features, x, num_samples, encoded):
+        """log p(x | decoder features) `[S, B]`, with the per-image context when there is one."""
+        return self.p_x_head.log_prob(features, x, num_samples, encoded.get("px_context"))
+
+    def _data_context(self, x, many_samples):
+        """The likelihood's per-image part for many samples per image, or {}."""
+        context = self.p_x_head.sampler_context(x) if many_samples else None
+        return {} if context is None else {"px_context": context}
 
     def prior(self):
-        """The prior over the top latent: a TFP distribution, batch `[]`, event `[D_top]`."""
-        return self.prior_layer.distribution(self._encode_top)
+        """The prior over the top latent: a TFP distribution, batch `[]`, event `[D_top]`
+        (`priors.GaussianMixture` for every prior but `standard`)."""
+        return self.prior_layer.distribution(self.encode_top)
 
     def call(self, x, training=False):
         return self.loss_terms(x, training=training)
@@ -318,115 +224,53 @@ class LatentVariableModel(keras.Model):
           (summed over latent layers), `loss` = reconstruction + beta * kl.
         """
         x = self._check_input(x)
-        prior = self.prior()
-        log_px, log_q, log_p = self._terms(x, self._encode_x(x), 1, lambda z: priors.mixture_log_prob(prior, z),
-                                           noise_fn, training)
+        log_px, log_q, log_p = self.score_latents(x, self.encode_data(x), 1, self.prior().log_prob,
+                                                  noise_fn, training)
         reconstruction, kl = -log_px[0], log_q[0] - log_p[0]
         beta = tf.cast(beta, reconstruction.dtype)
         return {"loss": reconstruction + beta * kl, "reconstruction": reconstruction, "kl": kl}
 
-    def default_chunk_size(self, batch_size, num_samples):
-        """Importance samples per chunk so that one chunk's activations fit `_FLOAT_BUDGET`."""
-        per_row = self._floats_per_row()
-        if self.prior_name != "standard":  # the mixture's [rows, K] log-densities, a few copies
-            per_row += 4 * self.num_components
-        return int(max(1, min(num_samples, _FLOAT_BUDGET // max(1, per_row * int(batch_size)))))
-
     def log_likelihood(self, x, num_samples=5000, chunk_size=None, prior_dtype="float32", seed=None):
-        """Importance-sampled log p(x) in nats, per example (Burda et al. 2016).
-
-        log p(x) ~= logsumexp_s [log p(x|z_s) + log p(z_s) - log q(z_s|x)] - log S with
-        z_s ~ q(z|x). The prior (the pseudo-inputs' encodings) is computed once per call, and
-        its mixture expansion is centred on each image's posterior mean
-        (`priors.mixture_log_prob_by_image`), which keeps float32 accurate; samples go through
-        the networks in chunks of `chunk_size` and the logsumexp is accumulated in float64.
-
-        Args:
-          x: images `[B, H, W, C]`.
-          num_samples: S >= 1.
-          chunk_size: samples per chunk (default: as many as fit ~256 MB of activations).
-          prior_dtype: dtype of the mixture prior's log-densities: 'float32' (default; centred,
-            about 1e-5 nats from float64 in the tests' worst case) or 'float64' (a reference,
-            2-3x slower on the prior, docs/benchmarks.md).
-          seed: an int makes the estimate reproducible (the samples are stateless draws from it);
-            None draws the seed from TensorFlow's global generator (`tf.random.set_seed`).
-
-        Returns:
-          float64 `[B]`.
-        """
-        if prior_dtype not in ("float64", "float32"):
-            raise ValueError(f"prior_dtype must be 'float64' or 'float32', got {prior_dtype!r}.")
-        x = self._check_input(x)
-        num_samples = int(num_samples)
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
-        chunk = int(chunk_size or self.default_chunk_size(x.shape[0] or 100, num_samples))
-        chunk = max(1, min(chunk, num_samples))
-        if seed is not None:
-            seed = tf.constant([int(seed), 0], tf.int32)
-        return self._log_likelihood_graph(x, tf.constant(num_samples), tf.constant(chunk), prior_dtype, seed)
-
-    def _estimator_setup(self, x, prior_dtype="float32"):
-        """What the importance sampler computes once per batch: (`_encode_x(x)`, the prior's
-        log-density for `_terms`, centred on each image's top posterior mean, and the prior)."""
-        prior = self.prior()
-        encoded = dict(self._encode_x(x))
-        context = self.p_x_head.sampler_context(x)
-        if context is not None:  # the likelihood's per-image part, once per batch too
-            encoded["px_context"] = context
-        log_prior = priors.mixture_log_prob_by_image(prior, encoded[self._top_mean_key], tf.as_dtype(prior_dtype))
-        return encoded, log_prior, prior
-
-    @tf.function(reduce_retracing=True)
-    def _log_likelihood_graph(self, x, num_samples, chunk, prior_dtype="float32", seed=None):
-        if seed is None:
-            seed = tf.random.uniform([2], maxval=2 ** 31 - 1, dtype=tf.int32)
-        encoded, log_prior, _ = self._estimator_setup(x, prior_dtype)
-        num_chunks = (num_samples + chunk - 1) // chunk
-        acc0 = tf.fill(tf.shape(x)[:1], tf.constant(-np.inf, tf.float64))
-
-        def body(i, acc):
-            # Stateless draws, reproducible from `seed` (Box-Muller: `stateless_normal`).
-            noise_fn = stateless_noise_fn(tf.random.experimental.stateless_fold_in(seed, i))
-            log_px, log_q, log_p = self._terms(x, encoded, chunk, log_prior, noise_fn, False)
-            log_w = tf.cast(log_px + log_p - log_q, tf.float64)  # [chunk, B]
-            # The last chunk may run past S: mask its extra samples out.
-            valid = tf.range(chunk) + i * chunk < num_samples
-            log_w = tf.where(valid[:, None], log_w, tf.constant(-np.inf, tf.float64))
-            return i + 1, tf.reduce_logsumexp(tf.stack([acc, tf.reduce_logsumexp(log_w, 0)]), 0)
-
-        _, acc = tf.while_loop(lambda i, _: i < num_chunks, body, (tf.constant(0), acc0))
-        return acc - tf.math.log(tf.cast(num_samples, tf.float64))
+        """Importance-sampled log p(x) in nats, float64 `[B]`: `tfvamp.estimator.log_likelihood`."""
+        return estimator.log_likelihood(self, self._check_input(x), num_samples=num_samples,
+                                        chunk_size=chunk_size, prior_dtype=prior_dtype, seed=seed)
 
     def sample(self, n, seed=None):
         """`n` images `[n, H, W, C]` in [0, 1] from the model: z ~ prior (components by their
-        weights), then the decoder's mean (PixelHVAE: autoregressively sampled pixels)."""
-        if seed is None:
-            seed = np.random.randint(0, 2 ** 31 - 1)
-        return self._sample_graph(tf.constant(int(n)), tf.constant([int(seed), 0], tf.int32))
+        weights), then the decoder's mean (PixelHVAE: autoregressively sampled pixels).
+
+        `n` and `seed` are ints or int32 scalar tensors (inside a `tf.function` too); the same
+        seed gives the same images; None draws a seed from TensorFlow's generator.
+        """
+        return self._sample_from_seed(tf.cast(n, tf.int32), noise.seed_pair(seed, 0))
 
     @tf.function(reduce_retracing=True)
-    def _sample_graph(self, n, seed):
+    def _sample_from_seed(self, n, seed):
         seed_top, seed_rest = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-        top = self.prior().sample(n, seed=seed_top)
-        return self._generate(top, seed_rest)
+        return self.generate(self.prior().sample(n, seed=seed_top), seed_rest)
 
     def reconstruct(self, x, seed=0):
         """Decoded images `[B, H, W, C]` from the posterior means of x's latents."""
-        x = self._check_input(x)
-        return self._reconstruct_graph(x, tf.constant([int(seed), 1], tf.int32))
+        return self._reconstruct_graph(self._check_input(x), noise.seed_pair(seed, 1))
 
-    def encode(self, x):
-        """Posterior parameters per latent layer: dict `{name}_mean`, `{name}_logvar`, `[B, D]`."""
-        raise NotImplementedError
+    @tf.function(reduce_retracing=True)
+    def _reconstruct_graph(self, x, seed):
+        return self._reconstruct_from_seed(x, seed)
 
     def get_config(self):
-        return {"image_shape": self.image_shape, "prior": self.prior_name,
+        """Every constructor argument but `pseudo_inputs_data` (the pseudo-inputs are weights)."""
+        return {**super().get_config(), "image_shape": self.image_shape, "prior": self.prior_name,
                 "likelihood": self.likelihood_name, "num_components": self.num_components,
                 "z1_size": self.z1_size, "z2_size": self.z2_size,
                 "pseudo_inputs_mean": self.pseudo_inputs_mean,
                 "pseudo_inputs_std": self.pseudo_inputs_std, "seed": self.seed,
                 "compute_dtype": self.compute_dtype_name}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["image_shape"] = tuple(config["image_shape"])
+        return cls(**config)
 
 
 @keras.saving.register_keras_serializable(package="tfvamp")
@@ -449,37 +293,31 @@ class VAE(LatentVariableModel):
         self.p_x = _mlp([HIDDEN, HIDDEN], "p_x", dtype=self.hidden_dtype)
         self.p_x_head = ImageHead(self.likelihood_name, self.image_shape, name="p_x_head", dtype="float32")
 
-    def _encode_top(self, x):
+    def encode_top(self, x):
         return self.q_z_head(self.q_z(x))
 
-    def _decoder_features(self, z):
-        """The likelihood head's input from z `[N, D]`."""
-        return self.p_x(z)
+    def decode(self, z):
+        """The likelihood's parameter maps `[N, H, W, C]` from z `[N, D]`."""
+        return self.p_x_head(self.p_x(z))
 
-    def _decode(self, z):
-        return self.p_x_head(self._decoder_features(z))
+    def encode_data(self, x, many_samples=False):
+        mean, logvar = self.encode_top(x)
+        return {"top_mean": mean, "top_logvar": logvar, **self._data_context(x, many_samples)}
 
-    def _encode_x(self, x):
-        mean, logvar = self._encode_top(x)
-        return {"mean": mean, "logvar": logvar}
-
-    _top_mean_key = "mean"
-
-    def _terms(self, x, encoded, num_samples, log_prior, noise_fn, training):
-        z, log_q = self._reparameterize(encoded["mean"], encoded["logvar"], num_samples, noise_fn)
-        log_px = self.p_x_head.log_prob(self._decoder_features(z), x, num_samples, encoded.get("px_context"))
+    def score_latents(self, x, encoded, num_samples, log_prior, noise_fn=None, training=False):
+        z, log_q = _reparameterize(encoded["top_mean"], encoded["top_logvar"], num_samples, noise_fn)
+        log_px = self._likelihood_log_prob(self.p_x(z), x, num_samples, encoded)
         shape = [num_samples, -1]
         return log_px, tf.reshape(log_q, shape), tf.reshape(log_prior(z), shape)
 
-    def _generate(self, top, seed):
-        return likelihoods.mean_image(self.likelihood_name, self._decode(top))
+    def generate(self, top, seed):
+        return likelihoods.mean_image(self.likelihood_name, self.decode(top))
 
-    @tf.function(reduce_retracing=True)
-    def _reconstruct_graph(self, x, seed):
-        return self._generate(self._encode_top(x)[0], seed)
+    def _reconstruct_from_seed(self, x, seed):
+        return self.generate(self.encode_top(x)[0], seed)
 
     def encode(self, x):
-        mean, logvar = self._encode_top(self._check_input(x))
+        mean, logvar = self.encode_top(self._check_input(x))
         return {"z_mean": mean, "z_logvar": logvar}
 
 
@@ -493,6 +331,7 @@ class HVAE(LatentVariableModel):
     """
 
     model_name = "hvae"
+    _decoder_needs_x = False  # PixelHVAE's decoder reads x (autoregressive)
 
     @property
     def top_latent_size(self):
@@ -523,7 +362,7 @@ class HVAE(LatentVariableModel):
         self.p_z1_head = GaussianHead(self.z1_size, name="p_z1_head", dtype="float32")
         self._build_decoder()
 
-    def _encode_top(self, x):
+    def encode_top(self, x):
         return self.q_z2_head(self.q_z2(x))
 
     def _q_z1(self, x_features, z2):
@@ -536,54 +375,48 @@ class HVAE(LatentVariableModel):
         """The likelihood head's input from z1, z2 `[N, D]` (x: PixelHVAE's context)."""
         return self.p_x_joint(tf.concat([self.p_x_z1(z1), self.p_x_z2(z2)], -1))
 
-    def _decode(self, z1, z2, x=None, training=False):
-        """Likelihood parameters `[N, H, W, C]` from z1, z2 `[N, D]`."""
+    def decode(self, z1, z2, x=None, training=False):
+        """The likelihood's parameter maps `[N, H, W, C]` from z1, z2 `[N, D]` (and, for
+        PixelHVAE, the image x `[N, H, W, C]` it is autoregressive in)."""
         return self.p_x_head(self._decoder_features(z1, z2, x, training))
 
-    def _encode_x(self, x):
-        mean2, logvar2 = self._encode_top(x)
+    def encode_data(self, x, many_samples=False):
+        mean2, logvar2 = self.encode_top(x)
         # x's branch of q(z1|x,z2) does not depend on the sample either.
-        return {"mean2": mean2, "logvar2": logvar2, "x_features": self.q_z1_x(x)}
+        return {"top_mean": mean2, "top_logvar": logvar2, "x_features": self.q_z1_x(x),
+                **self._data_context(x, many_samples)}
 
-    _top_mean_key = "mean2"
-
-    def _terms(self, x, encoded, num_samples, log_prior, noise_fn, training):
-        z2, log_q2 = self._reparameterize(encoded["mean2"], encoded["logvar2"], num_samples, noise_fn)
-        x_features = _tile(encoded["x_features"], num_samples)
-        mean1, logvar1 = self._q_z1(x_features, z2)
-        z1, log_q1 = self._reparameterize(mean1, logvar1, 1, noise_fn)
+    def score_latents(self, x, encoded, num_samples, log_prior, noise_fn=None, training=False):
+        z2, log_q2 = _reparameterize(encoded["top_mean"], encoded["top_logvar"], num_samples, noise_fn)
+        mean1, logvar1 = self._q_z1(_tile(encoded["x_features"], num_samples), z2)
+        z1, log_q1 = _reparameterize(mean1, logvar1, 1, noise_fn)
         p_mean1, p_logvar1 = self._p_z1(z2)
         x_context = _tile(x, num_samples) if self._decoder_needs_x else None
         features = self._decoder_features(z1, z2, x_context, training)
-        log_px = self.p_x_head.log_prob(features, x, num_samples, encoded.get("px_context"))
-        log_q = log_q1 + log_q2
+        log_px = self._likelihood_log_prob(features, x, num_samples, encoded)
         log_p = log_normal_diag(z1, p_mean1, p_logvar1) + log_prior(z2)
         shape = [num_samples, -1]
-        return log_px, tf.reshape(log_q, shape), tf.reshape(log_p, shape)
-
-    _decoder_needs_x = False
+        return log_px, tf.reshape(log_q1 + log_q2, shape), tf.reshape(log_p, shape)
 
     def _sample_z1(self, z2, seed):
         mean, logvar = self._p_z1(z2)
         return mean + tf.exp(0.5 * logvar) * tf.random.stateless_normal(tf.shape(mean), seed)
 
-    def _generate(self, top, seed):
+    def generate(self, top, seed):
         seed_z1, seed_x = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-        z1 = self._sample_z1(top, seed_z1)
-        return self._generate_x(z1, top, seed_x)
+        return self._generate_x(self._sample_z1(top, seed_z1), top, seed_x)
 
     def _generate_x(self, z1, z2, seed):
-        return likelihoods.mean_image(self.likelihood_name, self._decode(z1, z2))
+        return likelihoods.mean_image(self.likelihood_name, self.decode(z1, z2))
 
-    @tf.function(reduce_retracing=True)
-    def _reconstruct_graph(self, x, seed):
-        mean2, _ = self._encode_top(x)
+    def _reconstruct_from_seed(self, x, seed):
+        mean2, _ = self.encode_top(x)
         mean1, _ = self._q_z1(self.q_z1_x(x), mean2)
         return self._generate_x(mean1, mean2, seed)
 
     def encode(self, x):
         x = self._check_input(x)
-        mean2, logvar2 = self._encode_top(x)
+        mean2, logvar2 = self.encode_top(x)
         mean1, logvar1 = self._q_z1(self.q_z1_x(x), mean2)
         return {"z1_mean": mean1, "z1_logvar": logvar1, "z2_mean": mean2, "z2_logvar": logvar2}
 
@@ -629,7 +462,7 @@ class ConvHVAE(HVAE):
         h = tf.reshape(h, tf.concat([tf.shape(z1)[:1], self.image_shape], 0))
         return self.p_x_convs(h)
 
-    def _floats_per_row(self):
+    def floats_per_sample(self):
         return 2 * 64 * self.num_pixels * 6
 
 
@@ -672,7 +505,7 @@ class PixelHVAE(ConvHVAE):
     def _generate_x(self, z1, z2, seed):
         """Autoregressive sampling in raster order: one decoder pass per pixel, in the graph."""
         maps = self._latent_maps(z1, z2)
-        height, width, channels = self.image_shape
+        height, width, _ = self.image_shape
         num = height * width
 
         def body(i, x):
@@ -686,11 +519,21 @@ class PixelHVAE(ConvHVAE):
         _, x = tf.while_loop(lambda i, _: i < num, body, (tf.constant(0), x0))
         return x
 
-    def _floats_per_row(self):
+    def floats_per_sample(self):
         return 3 * 64 * self.num_pixels * 8
 
 
 _MODEL_CLASSES = {"vae": VAE, "hvae": HVAE, "convhvae": ConvHVAE, "pixelhvae": PixelHVAE}
+
+
+def model_class(model_name):
+    """The class of model family `model_name` (one of `MODELS`)."""
+    if model_name not in _MODEL_CLASSES:
+        raise ValueError(f"Unknown model {model_name!r}; choose one of {', '.join(MODELS)}.")
+    return _MODEL_CLASSES[model_name]
+
+
+_BUILD_OPTIONS = ("pseudo_inputs_data", "pseudo_inputs_mean", "pseudo_inputs_std", "seed", "compute_dtype", "name")
 
 
 def build_model(model_name, prior, input_shape, likelihood, num_components=500, z1_size=40,
@@ -704,19 +547,19 @@ def build_model(model_name, prior, input_shape, likelihood, num_components=500, 
       likelihood: 'bernoulli', 'discretized_logistic' or 'discretized_logistic_normalized'.
       num_components: K pseudo-inputs / mixture components.
       z1_size, z2_size: latent sizes.
-      **options: `pseudo_inputs_data`, `pseudo_inputs_mean`, `pseudo_inputs_std`, `seed`,
-        `compute_dtype` (see `LatentVariableModel`).
+      **options: `pseudo_inputs_data` (required by `vampprior_data`), `pseudo_inputs_mean`,
+        `pseudo_inputs_std`, `seed`, `compute_dtype`, `name` (see `LatentVariableModel`).
 
     Returns:
       A `LatentVariableModel`.
     """
-    if model_name not in _MODEL_CLASSES:
-        raise ValueError(f"Unknown model {model_name!r}; choose one of {', '.join(MODELS)}.")
-    unknown = set(options) - {"pseudo_inputs_data", "pseudo_inputs_mean", "pseudo_inputs_std", "seed",
-                            "compute_dtype", "name"}
+    cls = model_class(model_name)
+    unknown = set(options) - set(_BUILD_OPTIONS)
     if unknown:
-        raise TypeError(f"build_model got unknown options {sorted(unknown)}; allowed: pseudo_inputs_data, "
-                        "pseudo_inputs_mean, pseudo_inputs_std, seed, compute_dtype, name.")
-    return _MODEL_CLASSES[model_name](input_shape, prior=prior, likelihood=likelihood,
+        raise TypeError(f"build_model got unknown options {sorted(unknown)}; allowed: {', '.join(_BUILD_OPTIONS)}.")
+    if priors.needs_training_images(priors.check_prior(prior)) and options.get("pseudo_inputs_data") is None:
+        raise ValueError(f"The {prior!r} prior needs training images: pass pseudo_inputs_data (at least "
+                         f"K = {num_components} images of shape {tuple(input_shape)}).")
+    return cls(input_shape, prior=prior, likelihood=likelihood,
                                       num_components=num_components, z1_size=z1_size,
                                       z2_size=z2_size, **options)

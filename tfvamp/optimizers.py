@@ -1,4 +1,4 @@
-"""AdamNormGrad: the optimiser of the paper's release (SPEC section 5).
+"""AdamNormGrad: the optimiser of the paper's release (docs/paper_details.md section 5).
 
 Each parameter tensor's gradient is divided by its own L2 norm (+ 1e-7) before a plain Adam
 step with beta1 = 0.9, beta2 = 0.999, epsilon = 1e-8:
@@ -20,6 +20,7 @@ import keras
 import tensorflow as tf
 
 NORM_EPSILON = 1e-7
+OPTIMIZERS = ("adam_norm_grad", "adam")
 
 
 @keras.saving.register_keras_serializable(package="tfvamp")
@@ -81,8 +82,7 @@ class AdamNormGrad(keras.optimizers.Adam):
         m, v = self._momentums[index], self._velocities[index]
         # One fused kernel per variable instead of Keras's dozen element-wise ops: the same
         # update (lr * sqrt(1 - beta2^t) / (1 - beta1^t) * m / (sqrt(v) + epsilon)), and a
-        # kernel on GPUs too. With the shared scalars and the one-pass norm, the HVAE's
-        # optimizer time went from 4.8 to about 2 ms per step here.
+        # kernel on GPUs too (docs/benchmarks.md has the timings).
         # `.handle` is the variable on this update's device under a tf.distribute strategy.
         tf.raw_ops.ResourceApplyAdam(var=_handle(variable), m=_handle(m), v=_handle(v), grad=gradient,
                                      **self._scalars(learning_rate, tf.as_dtype(variable.dtype)))

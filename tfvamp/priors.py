@@ -13,10 +13,14 @@ TFP distribution with batch shape `[]` and event shape `[latent_size]`. The Vamp
 the model's encoder (shared with q(z|x)), passed in as a callable images -> (mean, logvar):
 the prior does not own it, so the encoder's weights live in exactly one place.
 
-Mixture priors are `tfd.MixtureSameFamily(Categorical, Independent(Normal, 1))`: each
-component is a diagonal Gaussian over the whole latent vector (a bare Normal with batch shape
-[K, D] would mix every dimension separately, a known mistake). `log_prob` is a logsumexp
-over components with every normalising constant kept.
+Mixture priors are `GaussianMixture`, a `tfd.MixtureSameFamily(Categorical,
+Independent(Normal, 1))`: each component is a diagonal Gaussian over the whole latent vector (a
+bare Normal with batch shape [K, D] would mix every dimension separately, a known mistake).
+Its `log_prob` is one matmul and a logsumexp over components with every normalising constant
+kept; training, `model.prior().log_prob` and the importance sampler all use it.
+
+Which priors have pseudo-inputs (`PSEUDO_INPUT_PRIORS`, `has_pseudo_inputs`) and which need
+training images to be built (`needs_training_images`) is decided here and nowhere else.
 """
 import math
 
@@ -28,6 +32,10 @@ import tensorflow_probability as tfp
 tfd = tfp.distributions
 
 PRIORS = ("standard", "mog", "vampprior", "vampprior_data", "weighted_vampprior")
+# The priors whose components are the encoder's posteriors on pseudo-inputs.
+PSEUDO_INPUT_PRIORS = ("vampprior", "vampprior_data", "weighted_vampprior")
+PSEUDO_INPUTS_INIT = ("random", "data")
+LOG_2PI = math.log(2.0 * math.pi)
 
 
 def check_prior(name):
@@ -36,133 +44,182 @@ def check_prior(name):
     return name
 
 
+def has_pseudo_inputs(name):
+    """True for the VampPrior family (its components are q(z | u_k) on pseudo-inputs u_k)."""
+    return check_prior(name) in PSEUDO_INPUT_PRIORS
+
+
+def is_mixture(name):
+    """True for every prior but `standard`: a `GaussianMixture` over the top latent."""
+    return check_prior(name) != "standard"
+
+
+def needs_training_images(name, pseudo_inputs_init="random"):
+    """True when building the prior takes training images: `vampprior_data` always (its fixed
+    pseudo-inputs are K of them), the other VampPriors with `pseudo_inputs_init='data'`."""
+    if pseudo_inputs_init not in PSEUDO_INPUTS_INIT:
+        raise ValueError(f"pseudo_inputs_init must be one of {PSEUDO_INPUTS_INIT}, got {pseudo_inputs_init!r}.")
+    return name == "vampprior_data" or (has_pseudo_inputs(name) and pseudo_inputs_init == "data")
+
+
 def diagonal_gaussian(mean, logvar):
     """`Independent(Normal(mean, exp(logvar / 2)), 1)`: event shape `[D]` from `[..., D]` params."""
     return tfd.Independent(tfd.Normal(mean, tf.exp(0.5 * logvar)), reinterpreted_batch_ndims=1)
 
 
-def gaussian_mixture(means, logvars, mixture_logits=None):
-    """A mixture of K diagonal Gaussians over R^D.
+class GaussianMixture(tfd.MixtureSameFamily):
+    """A mixture of K diagonal Gaussians over R^D, with a fast log-density.
+
+    A `tfd.MixtureSameFamily(Categorical(logits), Independent(Normal(means, exp(logvars / 2)),
+    1))` in every respect (sampling, mean, batch/event shapes), batch shape `[]`, event shape
+    `[D]`; only `log_prob` is computed differently. The K component log-densities come from
+    one matmul instead of the `[N, K, D]` intermediate of the parent class: with z - c and
+    m_k - c taken about a centre c,
+
+        log w_k + log N(z | m_k, v_k) = [(z - c)^2, z - c, 1] . [-1 / (2 v_k), (m_k - c) / v_k, b_k]
+        b_k = log w_k - (1/2) sum_d [log 2 pi + log v_kd + (m_kd - c_d)^2 / v_kd]
+
+    followed by a logsumexp over k. `log_prob` centres on the components' mean.
+    `log_prob_by_image` centres on one point per image (the importance sampler), which keeps
+    float32 accurate when many samples lie near each image's posterior.
 
     Args:
       means, logvars: `[K, D]` component means and log-variances.
       mixture_logits: `[K]` unnormalised log-weights; None means uniform weights 1/K.
-
-    Returns:
-      `tfd.MixtureSameFamily`, batch shape `[]`, event shape `[D]`.
+      validate_args: check the parameters' shapes when they are only known at run time.
     """
-    if mixture_logits is None:
-        mixture_logits = tf.zeros(tf.shape(means)[:1], dtype=means.dtype)
-    return tfd.MixtureSameFamily(
-        mixture_distribution=tfd.Categorical(logits=mixture_logits),
-        components_distribution=diagonal_gaussian(means, logvars))
+
+    def __init__(self, means, logvars, mixture_logits=None, validate_args=False, allow_nan_stats=True,
+                 name="GaussianMixture"):
+        parameters = dict(locals())
+        means = tf.convert_to_tensor(means, dtype_hint=tf.float32, name="means")
+        logvars = tf.convert_to_tensor(logvars, dtype=means.dtype, name="logvars")
+        if mixture_logits is None:
+            logits = tf.zeros(tf.shape(means)[:1], dtype=means.dtype)
+        else:
+            logits = tf.convert_to_tensor(mixture_logits, dtype=means.dtype, name="mixture_logits")
+        self._means, self._logvars, self._mixture_logits = means, logvars, mixture_logits
+        _check_static_shapes(means, logvars, logits)
+        super().__init__(mixture_distribution=tfd.Categorical(logits=logits),
+                         components_distribution=diagonal_gaussian(means, logvars),
+                         validate_args=validate_args, allow_nan_stats=allow_nan_stats, name=name)
+        self._parameters = parameters  # ours, not the parent's: rebuilding takes these arguments
+
+    @classmethod
+    def _parameter_properties(cls, dtype, num_classes=None):
+        return dict(means=tfp.util.ParameterProperties(event_ndims=2),
+                    logvars=tfp.util.ParameterProperties(event_ndims=2),
+                    mixture_logits=tfp.util.ParameterProperties(event_ndims=1))
+
+    @property
+    def means(self):
+        return self._means
+
+    @property
+    def logvars(self):
+        return self._logvars
+
+    @property
+    def mixture_logits(self):
+        return self._mixture_logits
+
+    def _parameter_control_dependencies(self, is_init):
+        # Static shapes are checked in __init__, before TFP's own, less specific messages.
+        assertions = list(super()._parameter_control_dependencies(is_init))
+        if is_init and self.validate_args and not (self._means.shape.is_fully_defined()
+                                                   and self._logvars.shape.is_fully_defined()):
+            assertions.append(tf.debugging.assert_equal(tf.shape(self._means), tf.shape(self._logvars),
+                                                        message="means and logvars must have one shape [K, D]"))
+        return assertions
+
+    def _centred_weights(self, centres, dtype):
+        """Per centre, the matmul weights `[G, 2D + 1, K]` of the exponents (class docstring).
+
+        `centres`: `[G, D]`. Also returns log p(c_g) `[G]`, the natural shift of a logsumexp
+        over samples near c_g.
+        """
+        means, logvars = tf.cast(self._means, dtype), tf.cast(self._logvars, dtype)
+        inv_var = tf.exp(-logvars)
+        log_weights = tf.nn.log_softmax(tf.cast(self.mixture_distribution.logits_parameter(), dtype))
+        offsets = means[None] - tf.cast(centres, dtype)[:, None]  # [G, K, D]
+        bias = log_weights - 0.5 * tf.reduce_sum(LOG_2PI + logvars + tf.square(offsets) * inv_var, -1)
+        weights = tf.concat([-0.5 * tf.broadcast_to(inv_var, tf.shape(offsets)), offsets * inv_var,
+                             bias[..., None]], -1)  # [G, K, 2D + 1]
+        # Stored [G, 2D + 1, K] so that no transpose runs per matmul.
+        return tf.transpose(weights, [0, 2, 1]), tf.reduce_logsumexp(bias, -1)
+
+    def _log_prob(self, x):
+        dtype = x.dtype
+        size = tf.shape(self._means)[-1]
+        flat = tf.reshape(x, [-1, size])
+        # One centre, the components' mean (constant for the gradient): smaller magnitudes,
+        # less cancellation in the expansion than about the origin.
+        centre = tf.stop_gradient(tf.reduce_mean(tf.cast(self._means, dtype), 0, keepdims=True))
+        weights, _ = self._centred_weights(centre, dtype)
+        zc = flat - centre
+        features = tf.concat([tf.square(zc), zc, tf.ones_like(zc[:, :1])], -1)
+        log_p = tf.reduce_logsumexp(tf.matmul(features, weights[0]), -1)
+        return tf.reshape(log_p, tf.shape(x)[:-1])
+
+    def log_prob_by_image(self, centres, dtype=tf.float32):
+        """A fast, well-conditioned `log p(z)` for many samples per image (the importance sampler).
+
+        The expansion of the class docstring centred on each image's own point c_b (its posterior
+        mean): samples of q(z|x_b) lie near c_b, so the terms are no larger than the result for
+        the components that carry the logsumexp, and float32 is accurate (about 1e-5 nats in the
+        tests' worst case, against 0.05 for an expansion about the origin). The per-image weights
+        are built once here; each call then costs one batched matmul. The logsumexp is shifted by
+        log p(c_b), folded into the weights, so the exponents come out ready for exp; a chunk
+        whose sums of exps leave [1e-30, 1e30] (a sample far from c_b) takes the usual
+        max-shifted logsumexp instead (on GPUs the check copies one boolean per call to the host).
+
+        Args:
+          centres: `[B, D]`, one point per image.
+          dtype: compute dtype of the log-densities ('float32' or 'float64').
+
+        Returns:
+          A function `z -> log p(z)`: `[S * B, D]` laid out sample-major (row s * B + b belongs to
+          image b) -> `[S * B]` in z's dtype.
+        """
+        dtype = tf.as_dtype(dtype)
+        weights, shift = self._centred_weights(centres, dtype)
+        weights = tf.concat([weights[:, :-1], weights[:, -1:] - shift[:, None, None]], 1)
+        centres = tf.cast(centres, dtype)
+        num_images, size = tf.shape(centres)[0], tf.shape(centres)[1]
+        low, high = (1e-30, 1e30) if dtype == tf.float32 else (1e-290, 1e290)
+
+        def log_prob(z):
+            zc = tf.transpose(tf.reshape(tf.cast(z, dtype), [-1, num_images, size]), [1, 0, 2])
+            zc = zc - centres[:, None]  # [B, S, D]
+            features = tf.concat([tf.square(zc), zc, tf.ones_like(zc[..., :1])], -1)
+            exponents = tf.matmul(features, weights)  # [B, S, K], minus log p(c_b)
+            total = tf.reduce_sum(tf.exp(exponents), -1)
+            in_range = tf.reduce_all((total > low) & (total < high))
+            log_p = tf.cond(in_range, lambda: tf.math.log(total),
+                            lambda: tf.reduce_logsumexp(exponents, -1)) + shift[:, None]  # [B, S]
+            return tf.cast(tf.reshape(tf.transpose(log_p), [-1]), z.dtype)
+
+        return log_prob
 
 
-def _mixture_parts(dist, dtype):
-    """(means, log_scales, inverse variances `[K, D]`, log-weights `[K]`) in `dtype`, or None
-    when `dist` is not a `gaussian_mixture`."""
-    components = getattr(dist, "components_distribution", None)
-    normal = getattr(components, "distribution", None)
-    if not isinstance(dist, tfd.MixtureSameFamily) or not isinstance(normal, tfd.Normal):
-        return None
-    means = tf.cast(tf.convert_to_tensor(normal.loc), dtype)
-    log_scale = tf.math.log(tf.cast(tf.convert_to_tensor(normal.scale), dtype))
-    log_weights = tf.nn.log_softmax(tf.cast(dist.mixture_distribution.logits_parameter(), dtype))
-    return means, log_scale, tf.exp(-2.0 * log_scale), log_weights
+def _check_static_shapes(means, logvars, logits):
+    """Clear errors for mixture parameters whose known shapes cannot work."""
+    if means.shape.rank is not None and means.shape.rank != 2:
+        raise ValueError(f"GaussianMixture means must be [K, D], got shape {means.shape}.")
+    if means.shape.is_fully_defined() and logvars.shape.is_fully_defined() and means.shape != logvars.shape:
+        raise ValueError(f"GaussianMixture means {means.shape} and logvars {logvars.shape} must have the same "
+                         "shape [K, D].")
+    k, k_logits = means.shape[0], logits.shape[-1] if logits.shape.rank else None
+    if k is not None and k_logits is not None and k != k_logits:
+        raise ValueError(f"GaussianMixture has {k} components (means) but {k_logits} mixture logits.")
 
 
-def mixture_log_prob(dist, z, dtype=None):
-    """`dist.log_prob(z)` for a prior of this module, fast for Gaussian mixtures.
-
-    For `gaussian_mixture` distributions the K component densities come from one matmul:
-    sum_d (z_d - m_kd)^2 / v_kd = [z^2, z] @ [1 / v_k; -2 m_k / v_k] + sum_d m_kd^2 / v_kd,
-    which never forms the `[N, K, D]` intermediate of `MixtureSameFamily.log_prob` (about 10x
-    faster here). The expansion cancels when |z - m| is small against |z|: fine for training,
-    where rounding is noise; the importance sampler uses `mixture_log_prob_by_image`, which
-    centres on each image's posterior instead. Other distributions fall back to `dist.log_prob`.
-
-    Args:
-      dist: a distribution from `Prior.distribution`, event shape `[D]`.
-      z: `[N, D]`.
-      dtype: compute dtype (default: z's). The result is cast back to z's dtype.
-
-    Returns:
-      `[N]` log-densities.
-    """
-    out_dtype = z.dtype
-    dtype = tf.as_dtype(dtype or out_dtype)
-    parts = _mixture_parts(dist, dtype)
-    if parts is None:
-        return dist.log_prob(z)
-    means, log_scale, inv_var, log_weights = parts
-    z = tf.cast(z, dtype)
-    # Centre on the components' mean: smaller magnitudes, less cancellation.
-    centre = tf.stop_gradient(tf.reduce_mean(means, 0))
-    z, means = z - centre, means - centre
-    quad = tf.matmul(tf.concat([tf.square(z), z], -1),
-                     tf.concat([inv_var, -2.0 * means * inv_var], -1), transpose_b=True)  # [N, K]
-    const = tf.reduce_sum(math.log(2.0 * math.pi) + 2.0 * log_scale + tf.square(means) * inv_var, -1)
-    return tf.cast(tf.reduce_logsumexp(log_weights - 0.5 * (quad + const), -1), out_dtype)
-
-
-def mixture_log_prob_by_image(dist, centres, dtype=tf.float32):
-    """A fast, well-conditioned `log p(z)` for many samples per image (the importance sampler).
-
-    Centres the matmul expansion of `mixture_log_prob` on each image's own point `c_b` (its
-    posterior mean): sum_d (z - m_k)^2 / v_k = [(z - c)^2, z - c] @ [1 / v_k; -2 (m_k - c) / v_k]
-    + sum_d (m_k - c)^2 / v_k. Samples of q(z|x_b) lie near c_b, so the terms are no larger
-    than the result for the components that carry the logsumexp, and float32 is accurate
-    (about 1e-5 nats against 0.05 for the uncentred float32 expansion in the tests' worst case).
-    The per-image `[B, 2D + 1, K]` weights are built once here; the returned function then costs one
-    batched matmul per chunk of samples. The logsumexp is shifted by log p(c_b), also folded into
-    the weights; a chunk whose sums of exps leave [1e-30, 1e30] (a sample very far from c_b)
-    takes the usual max-shifted logsumexp instead, so the result does not depend on the path
-    (on GPUs the check copies one boolean to the host per chunk).
-
-    Args:
-      dist: a distribution from `Prior.distribution`, event shape `[D]`.
-      centres: `[B, D]`, one point per image (the posterior mean of the prior's latent).
-      dtype: compute dtype of the mixture's log-densities.
-
-    Returns:
-      A function `z -> log p(z)`: `[S * B, D]` laid out sample-major (row s * B + b belongs to
-      image b) -> `[S * B]` in z's dtype. Non-mixture priors fall back to `dist.log_prob`.
-    """
-    dtype = tf.as_dtype(dtype)
-    parts = _mixture_parts(dist, dtype)
-    if parts is None:
-        return dist.log_prob
-    means, log_scale, inv_var, log_weights = parts
-    centres = tf.cast(centres, dtype)
-    offsets = means[None] - centres[:, None]  # [B, K, D]
-    # The matmul gives the whole exponent: -0.5 folded into the weights, and the constant
-    # (log-weight and normaliser) as one more row against a column of ones.
-    bias = log_weights - 0.5 * tf.reduce_sum(
-        math.log(2.0 * math.pi) + 2.0 * log_scale + tf.square(offsets) * inv_var, -1)  # [B, K]
-    # The logsumexp's shift, log p(c_b), is folded into the constant row too, so the
-    # exponents come out of the matmul ready for exp (no max and subtract pass per chunk).
-    shift = tf.reduce_logsumexp(bias, -1)  # [B]
-    weights = tf.concat([-0.5 * tf.broadcast_to(inv_var, tf.shape(offsets)), offsets * inv_var,
-                         (bias - shift[:, None])[..., None]], -1)  # [B, K, 2D + 1]
-    weights = tf.transpose(weights, [0, 2, 1])  # [B, 2D + 1, K]: no transpose per chunk (1.8 vs 2.6 ms)
-    num_images, size = tf.shape(centres)[0], tf.shape(centres)[1]
-    # Sums of exps in this range are exact to float rounding; outside it the sample is far
-    # from c_b (exp could under- or overflow), and the chunk takes the usual max shift.
-    low, high = (1e-30, 1e30) if dtype == tf.float32 else (1e-290, 1e290)
-
-    def log_prob(z):
-        out_dtype = z.dtype
-        zc = tf.transpose(tf.reshape(tf.cast(z, dtype), [-1, num_images, size]), [1, 0, 2])
-        zc = zc - centres[:, None]  # [B, S, D]
-        features = tf.concat([tf.square(zc), zc, tf.ones_like(zc[..., :1])], -1)
-        exponents = tf.matmul(features, weights)  # [B, S, K], minus log p(c_b)
-        total = tf.reduce_sum(tf.exp(exponents), -1)
-        in_range = tf.reduce_all((total > low) & (total < high))
-        log_p = tf.cond(in_range, lambda: tf.math.log(total),
-                        lambda: tf.reduce_logsumexp(exponents, -1)) + shift[:, None]  # [B, S]
-        return tf.cast(tf.reshape(tf.transpose(log_p), [-1]), out_dtype)
-
-    return log_prob
+def log_prob_by_image(distribution, centres, dtype=tf.float32):
+    """`distribution.log_prob_by_image(centres, dtype)` for a `GaussianMixture`; for any other
+    prior (the standard normal) its own `log_prob`, which needs no centring."""
+    if isinstance(distribution, GaussianMixture):
+        return distribution.log_prob_by_image(centres, dtype)
+    return distribution.log_prob
 
 
 class Prior(keras.layers.Layer):
@@ -208,7 +265,7 @@ class MoGPrior(Prior):
             name="logvars", shape=(self.num_components, self.latent_size), initializer="zeros")
 
     def distribution(self, encoder=None):
-        return gaussian_mixture(tf.convert_to_tensor(self.means), tf.convert_to_tensor(self.logvars))
+        return GaussianMixture(tf.convert_to_tensor(self.means), tf.convert_to_tensor(self.logvars))
 
     def get_config(self):
         return {**super().get_config(), "num_components": self.num_components, "seed": self.seed}
@@ -226,9 +283,13 @@ class VampPrior(Prior):
       latent_size: D, the size of the latent the encoder outputs.
       num_components: K, the number of pseudo-inputs.
       image_shape: `(H, W, C)` of the pseudo-inputs (the data's shape).
-      pseudo_inputs_mean, pseudo_inputs_std: N(mean, std) initialisation (SPEC section 2).
+      pseudo_inputs_mean, pseudo_inputs_std: N(mean, std) initialisation
+        (docs/paper_details.md section 2).
       pseudo_inputs_data: optional `[K, H, W, C]` images in [0, 1] used as the initial value
         (or, with `trainable_pseudo_inputs=False`, as the fixed pseudo-inputs: `vampprior_data`).
+        Without it, fixed pseudo-inputs start from the N(mean, std) initialisation: that is
+        how a model is rebuilt before its weights are restored (`from_config`, checkpoints);
+        `make_prior` refuses `vampprior_data` without images.
       trainable_pseudo_inputs: False freezes u (the `vampprior_data` prior).
       learn_weights: True learns mixture logits (`weighted_vampprior`); else w_k = 1/K.
     """
@@ -259,9 +320,6 @@ class VampPrior(Prior):
                                  f"got values in [{data.min()}, {data.max()}].")
             initializer = keras.initializers.Constant(data)
         else:
-            if not self.trainable_pseudo_inputs:
-                raise ValueError("Fixed pseudo-inputs (the 'vampprior_data' prior) need pseudo_inputs_data: "
-                                 "K training images of shape (K, H, W, C).")
             initializer = keras.initializers.RandomNormal(
                 self.pseudo_inputs_mean, self.pseudo_inputs_std, seed=seed)
         self.pseudo_inputs_variable = self.add_weight(
@@ -286,7 +344,7 @@ class VampPrior(Prior):
                              "encoder(images) -> (mean, logvar).")
         means, logvars = encoder(self.pseudo_inputs())
         logits = None if self.mixture_logits is None else tf.convert_to_tensor(self.mixture_logits)
-        return gaussian_mixture(means, logvars, logits)
+        return GaussianMixture(means, logvars, logits)
 
     def get_config(self):
         return {**super().get_config(), "num_components": self.num_components,
@@ -297,14 +355,18 @@ class VampPrior(Prior):
 
 
 def make_prior(name, latent_size, image_shape, num_components=500, pseudo_inputs_mean=0.05,
-               pseudo_inputs_std=0.01, pseudo_inputs_data=None, seed=None):
+               pseudo_inputs_std=0.01, pseudo_inputs_data=None, seed=None, restoring=False):
     """Builds the prior layer called `name` (one of `PRIORS`).
 
     `pseudo_inputs_data`: for `vampprior_data`, at least K images `[N, H, W, C]` in [0, 1];
     K of them are drawn at random (seeded by `seed`). For `vampprior` and
     `weighted_vampprior` the same draw, when given, initialises the pseudo-inputs.
+    `restoring=True` builds `vampprior_data` without images, for weights about to be restored.
     """
     check_prior(name)
+    if name == "vampprior_data" and pseudo_inputs_data is None and not restoring:
+        raise ValueError("The 'vampprior_data' prior needs training images (pseudo_inputs_data: at least "
+                         "K images of shape (N, H, W, C)); its pseudo-inputs are K of them, fixed.")
     if name == "standard":
         return StandardPrior(latent_size, name="prior")
     if int(num_components) < 1:
@@ -325,5 +387,5 @@ def make_prior(name, latent_size, image_shape, num_components=500, pseudo_inputs
     return VampPrior(latent_size, num_components, image_shape,
                      pseudo_inputs_mean=pseudo_inputs_mean, pseudo_inputs_std=pseudo_inputs_std,
                      pseudo_inputs_data=pseudo_inputs_data,
-                     trainable_pseudo_inputs=(name != "vampprior_data"),
+                     trainable_pseudo_inputs=not has_pseudo_inputs(name) or name != "vampprior_data",
                      learn_weights=(name == "weighted_vampprior"), seed=seed, name="prior")

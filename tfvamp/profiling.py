@@ -1,11 +1,10 @@
-"""Counting FLOPs and measuring the machine, for benchmarks.
+"""Counting FLOPs, measuring the machine, and timing training and evaluation, for benchmarks.
 
-FLOPs are counted from the traced graph of the exact computation being timed: TensorFlow
-registers a FLOP statistic, computed from the static shapes, for every MatMul, Conv2D and
-their gradient ops (`ops.get_stats_for_node_def`), so the count follows the layer shapes
-of the model as built rather than a hand-written formula. Only those dense linear-algebra
-ops are counted ("model FLOPs"); element-wise work is real but is not what the matmul peak
-measures.
+FLOPs are counted from the traced graph of the exact computation being timed, from each
+dense op's static shapes: MatMul 2 m n k, BatchMatMul the same per batch entry, Conv2D
+2 x outputs x (kernel area x input channels), and the two convolution gradients alike. So the
+count follows the model as built rather than a hand-written formula. Only these dense ops are
+counted ("model FLOPs"); element-wise work is real but is not what the matmul peak measures.
 """
 import collections
 import glob
@@ -18,43 +17,68 @@ import time
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.python.framework import ops as tf_ops
+
+from tfvamp import estimator
+from tfvamp import training
 
 DENSE_OPS = ("MatMul", "BatchMatMulV2", "BatchMatMulV3", "Conv2D", "Conv2DBackpropInput",
-             "Conv2DBackpropFilter", "DepthwiseConv2dNative")
+             "Conv2DBackpropFilter")
+_CALL_OPS = ("PartitionedCall", "StatefulPartitionedCall", "While", "StatelessWhile", "If", "StatelessIf")
 
 
-def _subgraphs(graph):
-    """The graph and the function bodies it calls (while-loop bodies, nested functions)."""
-    yield graph
-    for fn in getattr(graph, "_functions", {}).values():
-        fn_graph = getattr(fn, "graph", None)
-        if fn_graph is not None:
-            yield from _subgraphs(fn_graph)
+def _static_shape(tensor, op):
+    if not tensor.shape.is_fully_defined():
+        raise ValueError(f"Cannot count FLOPs of {op.type} op {op.name!r}: its shapes are not static "
+                         f"({tensor.shape}). Trace with fully defined input shapes.")
+    return tensor.shape.as_list()
+
+
+def op_flops(op):
+    """Dense FLOPs of one MatMul / BatchMatMul / Conv2D(-gradient) op, from its static shapes."""
+    if op.type == "MatMul":
+        a = _static_shape(op.inputs[0], op)
+        k = a[0] if op.get_attr("transpose_a") else a[1]
+        return 2 * k * int(np.prod(_static_shape(op.outputs[0], op)))
+    if op.type.startswith("BatchMatMul"):
+        a = _static_shape(op.inputs[0], op)
+        k = a[-2] if op.get_attr("adj_x") else a[-1]
+        return 2 * k * int(np.prod(_static_shape(op.outputs[0], op)))
+    strides = op.get_attr("strides")
+    if op.type == "Conv2D":  # output elements x a kernel window each
+        kernel = _static_shape(op.inputs[1], op)
+        return 2 * int(np.prod(_static_shape(op.outputs[0], op))) * kernel[0] * kernel[1] * kernel[2]
+    if op.type == "Conv2DBackpropInput":  # as many multiply-adds as the forward convolution
+        image = _static_shape(op.outputs[0], op)
+        kernel = _static_shape(op.inputs[1], op)
+    elif op.type == "Conv2DBackpropFilter":
+        image = _static_shape(op.inputs[0], op)
+        kernel = _static_shape(op.outputs[0], op)
+    else:
+        raise ValueError(f"op_flops counts {DENSE_OPS}, not {op.type}.")
+    return 2 * int(np.prod(image)) * int(np.prod(kernel)) // (image[-1] * strides[1] * strides[2])
 
 
 def graph_flops(concrete_function, op_types=DENSE_OPS):
     """FLOPs per op type of one call of `concrete_function` (shapes must be static).
 
-    Ops inside loop bodies are counted once per body (callers scale by the trip count).
+    Dense ops inside nested function bodies (loops, conditionals, nested `tf.function`s) have
+    no static shapes to read here: a graph with any is refused, so that nothing is silently
+    left out; trace the loop body on its own instead.
 
     Returns:
       dict op type -> FLOPs, plus 'total'.
     """
+    graph = concrete_function.graph
     counts = collections.Counter()
-    for graph in _subgraphs(concrete_function.graph):
-        for op in graph.get_operations():
-            if op.type not in op_types:
-                continue
-            try:
-                value = tf_ops.get_stats_for_node_def(graph, op.node_def, "flops").value
-            except (ValueError, TypeError):  # an op with unknown shapes: not countable
-                value = None
-            if value is None:
-                raise ValueError(f"Cannot count FLOPs of {op.type} op {op.name!r}: its shapes are not "
-                                 "static. Trace with fully defined input shapes.")
-            counts[op.type] += int(value)
-    counts["total"] = sum(v for k, v in counts.items() if k != "total")
+    for op in graph.get_operations():
+        if op.type in op_types:
+            counts[op.type] += op_flops(op)
+    for function in graph.as_graph_def().library.function:
+        hidden = sorted({node.op for node in function.node_def if node.op in op_types})
+        if hidden:
+            raise ValueError(f"Cannot count FLOPs inside the nested function {function.signature.name!r} "
+                             f"(it holds {', '.join(hidden)}): trace its body on its own.")
+    counts["total"] = sum(counts.values())
     return dict(counts)
 
 
@@ -78,11 +102,6 @@ def time_call(fn, *args, warmup=2, repeats=5, iterations=10):
 
     Waits for the results (`.numpy()` on the last output) so asynchronous execution is counted.
     """
-    def _block(out):
-        for t in tf.nest.flatten(out):
-            if hasattr(t, "numpy"):
-                t.numpy()
-
     for _ in range(warmup):
         _block(fn(*args))
     timings = []
@@ -133,7 +152,7 @@ def benchmark_training(trainer, x, repeats=5, iterations=30, warmup=3):
     once = time.perf_counter() - start
     iterations = int(max(1, min(iterations, 2.0 / max(once, 1e-6))))
     seconds = time_call(trainer.train_step, x, warmup=warmup, repeats=repeats, iterations=iterations)
-    flops = graph_flops(trainer._train_step.get_concrete_function(x))["total"]
+    flops = graph_flops(trainer.train_step_graph(x))["total"]
     batch = int(x.shape[0])
     return {"seconds_per_step": seconds, "steps_per_second": 1.0 / seconds,
             "examples_per_second": batch / seconds, "flops_per_step": flops}
@@ -169,7 +188,7 @@ def evaluation_flops(model, batch_size, num_samples, chunk_size, prior_dtype="fl
     x = tf.zeros((int(batch_size),) + tuple(model.image_shape))
 
     def setup(x):
-        encoded, log_prior, prior = model._estimator_setup(x, prior_dtype)
+        encoded, log_prior, prior = estimator.setup(model, x, prior_dtype)
         floats = [t for t in tf.nest.flatten(prior, expand_composites=True) if t.dtype.is_floating]
         return tf.nest.flatten(encoded) + floats, log_prior, encoded
 
@@ -178,8 +197,8 @@ def evaluation_flops(model, batch_size, num_samples, chunk_size, prior_dtype="fl
 
     def setup_and_chunk(x):
         tensors, log_prior, encoded = setup(x)
-        terms = model._terms(x, encoded, int(chunk_size), log_prior, None, False)
-        return tensors + list(terms)
+        return tensors + [estimator.chunk_log_weights(model, x, encoded, log_prior, int(chunk_size),
+                                                      tf.constant([0, 0], tf.int32))]
 
     base = graph_flops(tf.function(setup_only).get_concrete_function(x))["total"]
     with_chunk = graph_flops(tf.function(setup_and_chunk).get_concrete_function(x))["total"]
@@ -194,7 +213,7 @@ def benchmark_evaluation(model, x, num_samples, chunk_size=None, repeats=2, prio
     """
     x = tf.convert_to_tensor(x, tf.float32)
     batch = int(x.shape[0])
-    chunk = int(chunk_size or model.default_chunk_size(batch, num_samples))
+    chunk = int(chunk_size or estimator.default_chunk_size(model, batch, num_samples))
     model.log_likelihood(x, num_samples=chunk, chunk_size=chunk, prior_dtype=prior_dtype).numpy()  # warm up
     best = math.inf
     for _ in range(repeats):
@@ -207,6 +226,65 @@ def benchmark_evaluation(model, x, num_samples, chunk_size=None, repeats=2, prio
 
 
 # ---- where the time goes ------------------------------------------------------------------------
+def _wire_fields(buffer):
+    """(field number, value) of one protobuf message: ints for varints, bytes for length-
+    delimited fields; fixed-width fields are skipped (none of the XPlane fields read here)."""
+    position, end = 0, len(buffer)
+
+    def varint():
+        nonlocal position
+        value, shift = 0, 0
+        while True:
+            byte = buffer[position]
+            position += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                return value
+
+    while position < end:
+        key = varint()
+        number, wire_type = key >> 3, key & 7
+        if wire_type == 0:
+            yield number, varint()
+        elif wire_type == 2:
+            size = varint()
+            yield number, buffer[position:position + size]
+            position += size
+        elif wire_type in (1, 5):
+            position += 8 if wire_type == 1 else 4
+        else:
+            raise ValueError(f"Unsupported protobuf wire type {wire_type} in a profiler trace.")
+
+
+def _trace_events(xspace_bytes):
+    """(op name, duration in ps) of every event on the executor's compute lines of an XSpace.
+
+    Read straight from the protobuf wire format with the XPlane schema's field numbers
+    (XSpace.planes 1; XPlane.lines 3, event_metadata 4; XLine.name 2, events 4; XEvent
+    metadata_id 1, duration_ps 3; XEventMetadata.name 2), so no TensorFlow-internal module
+    is needed.
+    """
+    for number, plane in _wire_fields(xspace_bytes):
+        if number != 1:
+            continue
+        names, lines = {}, []
+        for field, value in _wire_fields(plane):
+            if field == 4:  # map entry: key 1, value 2 (XEventMetadata)
+                entry = dict(_wire_fields(value))
+                names[entry.get(1, 0)] = dict(_wire_fields(entry.get(2, b""))).get(2, b"").decode()
+            elif field == 3:
+                lines.append(value)
+        for line in lines:
+            fields = list(_wire_fields(line))
+            if not dict(fields).get(2, b"").decode().startswith("tf_Compute"):  # the executor's op events
+                continue
+            for field, event in fields:
+                if field == 4:
+                    event = dict(_wire_fields(event))
+                    yield names.get(event.get(1, 0), ""), event.get(3, 0)
+
+
 def op_times(fn, *args, calls=10, warmup=2):
     """Per-op time of `calls` calls of `fn(*args)`, from a TensorFlow profiler trace.
 
@@ -218,13 +296,10 @@ def op_times(fn, *args, calls=10, warmup=2):
       (wall seconds per call, list of (op name, op type, seconds per call, count per call),
       slowest first).
     """
-
-    # An internal module (TF 2.20's path), imported only when a trace is asked for.
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=import-outside-toplevel
-
     for _ in range(warmup):
         _block(fn(*args))
     logdir = tempfile.mkdtemp(prefix="tfvamp_profile_")
+    seconds, counts = collections.Counter(), collections.Counter()
     try:
         tf.profiler.experimental.start(logdir)
         start = time.perf_counter()
@@ -233,23 +308,48 @@ def op_times(fn, *args, calls=10, warmup=2):
         _block(out)
         wall = (time.perf_counter() - start) / calls
         tf.profiler.experimental.stop()
-        space = xplane_pb2.XSpace()
         for path in glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True):
             with open(path, "rb") as f:
-                space.MergeFromString(f.read())
+                for name, duration_ps in _trace_events(f.read()):
+                    if ":" not in name or name.startswith(("ExecutorState", "ParallelFor")):
+                        continue  # executor bookkeeping, not an op
+                    seconds[name] += duration_ps * 1e-12
+                    counts[name] += 1
     finally:
         shutil.rmtree(logdir, ignore_errors=True)
-    seconds, counts = collections.Counter(), collections.Counter()
-    for plane in space.planes:
-        for line in plane.lines:
-            if not line.name.startswith("tf_Compute"):  # the executor's op events
-                continue
-            for event in line.events:
-                name = plane.event_metadata[event.metadata_id].name
-                if ":" not in name or name.startswith(("ExecutorState", "ParallelFor")):
-                    continue  # executor bookkeeping, not an op
-                seconds[name] += event.duration_ps * 1e-12
-                counts[name] += 1
     rows = [(name.rsplit(":", 1)[0], name.rsplit(":", 1)[1], total / calls, counts[name] / calls)
             for name, total in seconds.most_common()]
     return wall, rows
+
+
+# ---- XLA ------------------------------------------------------------------------------------------
+def benchmark_xla(config, steps=20, rounds=5, strategy=None):
+    """Times the train step with and without XLA on random data of the dataset's shape.
+
+    Both variants are built and compiled first, then timed in alternating rounds of `steps`
+    steps (so a busy machine slows both alike); the best round counts.
+
+    Returns:
+      {jit_compile (bool): seconds per step}.
+    """
+    shape = [config["batch_size"]] + list(config["input_shape"])
+    images = np.random.default_rng(0).random(shape).astype(np.float32)
+    if config["likelihood"] == "bernoulli":
+        images = (images > 0.5).astype(np.float32)
+    images = tf.constant(images)
+    trainers = {}
+    for jit in (False, True):
+        trainer = training.Trainer(dict(config, jit_compile="true" if jit else "false"), strategy)
+        if trainer.jit_compile == jit:
+            trainers[jit] = trainer
+            for _ in range(3):  # trace, compile, warm up
+                trainer.train_step(images).numpy()
+    timings = {jit: math.inf for jit in trainers}
+    for _ in range(int(rounds)):
+        for jit, trainer in trainers.items():
+            start = time.perf_counter()
+            for _ in range(int(steps)):
+                out = trainer.train_step(images)
+            out.numpy()
+            timings[jit] = min(timings[jit], (time.perf_counter() - start) / int(steps))
+    return timings

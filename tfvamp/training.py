@@ -1,23 +1,27 @@
-"""Training: the schedule, early stopping and the distributed training loop.
+"""Training: the warm-up schedule, early stopping and the distributed training loop.
 
-    from tfvamp import flags as tflags, training
-    config = tflags.validate_config(tflags.default_config(dataset="frey_faces", model="hvae",
-                                                          model_dir="runs/frey"))
-    results = training.train(config)
+    trainer = training.Trainer(config)          # a validated config (tfvamp.flags)
+    summary = trainer.fit(splits)               # resumes from <model_dir>/checkpoints
 
-Pieces, each usable alone:
+The whole run (data, fit, test-set evaluation, export, results.json) is `tfvamp.run`.
 
-* `warmup_beta(epoch, warmup_epochs)`: the KL weight of a (1-based) epoch (SPEC section 5).
-* `EarlyStopping`: the release's patience rule on the validation loss.
+* `warmup_beta(epoch, warmup_epochs)`: the KL weight of a (1-based) epoch
+  (docs/paper_details.md section 5).
+* `EarlyStopping`: the release's patience rule on the validation loss; its state is three
+  variables, checkpointed with the run.
 * `Trainer`: model + AdamNormGrad under a `tf.distribute` strategy; a compiled train step
   (`strategy.run` inside a `tf.function`, per-replica losses scaled by the global batch);
   validation with beta = 1; a checkpoint every epoch; TensorBoard; the best weights.
-* `train(config)`: the whole run: data, resume, fit, test-set evaluation, SavedModel export.
 
-Determinism. Every replica draws the noise of the *whole* global batch from a stateless
-seed (the run's seed folded with the optimizer step and a per-draw counter) and keeps its own
-rows, so a mirrored run computes exactly what one device would, and a resumed run continues
-the same noise stream (the step counter is in the checkpoint).
+Data. One training stream covers every epoch from the first to run (`epoch_stream`): each
+epoch is exactly `steps_per_epoch` batches, and one iterator is kept for the whole fit, so no
+epoch pays for building a pipeline or tearing an iterator down.
+
+Determinism. Every replica draws the noise of the *whole* global batch from a stateless seed
+(the run's seed folded with the optimizer step and a per-draw counter) and keeps its own rows,
+so a mirrored run computes exactly what one device would, and a resumed run continues the same
+noise stream (the step counter is in the checkpoint). The data order of an epoch depends on
+the run's seed and the epoch only (`tfvamp.data`).
 """
 import json
 import math
@@ -32,14 +36,10 @@ from absl import logging
 from tfvamp import checkpointing
 from tfvamp import distribute
 from tfvamp import evaluation
-from tfvamp import export
-from tfvamp import models
+from tfvamp import noise
 from tfvamp import optimizers
 from tfvamp import pictures
-
-# Whether XLA (jit_compile) speeds up each model's train step on CPU, from the measurements
-# in docs/training.md (`scripts/train.py --benchmark_xla`); `--jit_compile=auto` uses this.
-JIT_DEFAULTS = {"vae": False, "hvae": False, "convhvae": False, "pixelhvae": False}
+from tfvamp import priors
 
 STOP_REASONS = ("running", "max_epochs", "early_stopping", "nan_validation_loss")
 _NOISE_STREAM, _VALIDATION_STREAM, _IMAGE_STREAM = 0x5EED, 0xE7A1, 0x1A6E
@@ -72,15 +72,34 @@ class EarlyStopping:
     exceeds `patience`. A NaN (or infinite) validation loss stops training at once. This is
     `utils/perform_experiment.py` of the release, line by line.
 
-    State: `best_loss`, `best_epoch`, `counter` (all restored from checkpoints).
+    State: `best_loss`, `best_epoch`, `counter`, held in variables (`variables()`) so that a
+    checkpoint restores them; create it under the strategy's scope.
     """
 
     def __init__(self, patience, warmup_epochs, best_loss=math.inf, best_epoch=0, counter=0):
         self.patience = int(patience)
         self.warmup_epochs = int(warmup_epochs)
-        self.best_loss = float(best_loss)
-        self.best_epoch = int(best_epoch)
-        self.counter = int(counter)
+        self.best_loss_variable = tf.Variable(float(best_loss), trainable=False, dtype=tf.float64,
+                                              name="best_val_loss")
+        self.best_epoch_variable = tf.Variable(int(best_epoch), trainable=False, dtype=tf.int64, name="best_epoch")
+        self.counter_variable = tf.Variable(int(counter), trainable=False, dtype=tf.int64, name="patience")
+
+    @property
+    def best_loss(self):
+        return float(self.best_loss_variable.numpy())
+
+    @property
+    def best_epoch(self):
+        return int(self.best_epoch_variable.numpy())
+
+    @property
+    def counter(self):
+        return int(self.counter_variable.numpy())
+
+    def variables(self):
+        """The state, under the names run checkpoints use."""
+        return {"best_val_loss": self.best_loss_variable, "best_epoch": self.best_epoch_variable,
+                "patience": self.counter_variable}
 
     def update(self, epoch, val_loss):
         """Records epoch `epoch`'s validation loss. Returns (improved, stop, reason)."""
@@ -88,12 +107,13 @@ class EarlyStopping:
         if not math.isfinite(val_loss):
             return False, True, "nan_validation_loss"
         if val_loss < self.best_loss:
-            self.best_loss, self.best_epoch, self.counter = val_loss, int(epoch), 0
+            self.best_loss_variable.assign(val_loss)
+            self.best_epoch_variable.assign(int(epoch))
+            self.counter_variable.assign(0)
             return True, False, None
-        self.counter += 1
-        if epoch < self.warmup_epochs:
-            self.counter = 0
-        if self.counter > self.patience:
+        counter = 0 if epoch < self.warmup_epochs else self.counter + 1
+        self.counter_variable.assign(counter)
+        if counter > self.patience:
             return False, True, "early_stopping"
         return False, False, None
 
@@ -102,15 +122,14 @@ class EarlyStopping:
                 f"at epoch {self.best_epoch})")
 
 
-def resolve_jit(setting, model_name, num_replicas=1):
-    """The jit_compile decision: 'true'/'false' as given, 'auto' from `JIT_DEFAULTS`.
+def resolve_jit(setting, model_name):
+    """The jit_compile decision: True for 'true', False for 'false' and 'auto' (XLA was measured
+    slower than the default for every model on CPUs: docs/training.md).
 
     PixelHVAE is never compiled: its synchronised batch norm all-reduces (a `merge_call`)
-    inside the forward pass, which a nested XLA function cannot contain, with any number of
-    replicas.
+    inside the forward pass, which a nested XLA function cannot contain.
     """
-    setting = str(setting).lower()
-    jit = JIT_DEFAULTS.get(model_name, False) if setting == "auto" else setting == "true"
+    jit = str(setting).lower() == "true"
     if jit and model_name == "pixelhvae":
         logging.warning("jit_compile is off for pixelhvae: its synchronised batch norm all-reduces inside "
                         "the step, which XLA cannot compile.")
@@ -118,21 +137,23 @@ def resolve_jit(setting, model_name, num_replicas=1):
     return jit
 
 
-def _replica_noise_fn(seed, replica_id, num_replicas):
-    """noise_fn for `loss_terms`: this replica's rows of one global standard-normal draw.
+def steps_per_epoch(num_train, batch_size, cap=0):
+    """Training steps in an epoch: full batches of the training set, at most `cap` (0: no cap)."""
+    steps = int(num_train) // int(batch_size)
+    return min(steps, int(cap)) if cap else steps
 
-    `shape` = [S, B_local, D]; the draw is [S, B_local * num_replicas, D], from
-    `models.stateless_noise_fn(seed)` (a new stream per draw site: the HVAE draws z2, then z1),
-    and replica r keeps rows [r * B_local, (r + 1) * B_local) of axis 1.
+
+def epoch_stream(splits, first_epoch, steps):
+    """One dataset of every epoch's batches from `first_epoch` on, `steps` batches per epoch.
+
+    `splits.epochs(first_epoch)` when the splits provide it (`tfvamp.data`: each epoch's order
+    from the run's seed and the epoch); otherwise `splits.train` again for every epoch.
     """
-    draw = models.stateless_noise_fn(seed)
-
-    def noise_fn(shape):
-        shape = tf.cast(tf.convert_to_tensor(shape), tf.int32)
-        eps = draw(tf.stack([shape[0], shape[1] * num_replicas, shape[2]]))
-        return tf.slice(eps, tf.stack([0, replica_id * shape[1], 0]), shape)
-
-    return noise_fn
+    epochs = getattr(splits, "epochs", None)
+    if epochs is not None:
+        return epochs(first_epoch)
+    train = splits.train
+    return tf.data.Dataset.range(first_epoch, 2 ** 62).flat_map(lambda _: train.take(steps))
 
 
 # ---- the trainer ------------------------------------------------------------------------------
@@ -142,21 +163,13 @@ class Trainer:
     Args:
       config: a validated run config (`tfvamp.flags.validate_config`).
       strategy: the `tf.distribute.Strategy` (default: `distribute.make_strategy(config['strategy'])`).
-      splits: `tfvamp.data.Splits`-like object with `train`, `validation`, `test` datasets of
-        image batches (needed by `fit`, not to build).
-      pseudo_inputs_data: training images `[N >= K, H, W, 1]` for `vampprior_data` (or the
+      pseudo_inputs_data: training images `[N >= K, H, W, C]` for `vampprior_data` (or the
         `data` initialisation of the other VampPriors).
-      train_for_epoch: optional `epoch -> dataset` giving each (1-based) epoch's training
-        batches; default: iterate `splits.train` again every epoch. `train` passes one that
-        seeds the order (and binarisation) with the epoch, so a resumed run sees the same
-        batches as an uninterrupted one.
     """
 
-    def __init__(self, config, strategy=None, splits=None, pseudo_inputs_data=None, train_for_epoch=None):
+    def __init__(self, config, strategy=None, pseudo_inputs_data=None):
         self.config = dict(config)
         self.strategy = strategy or distribute.make_strategy(config["strategy"])
-        self.splits = splits
-        self.train_for_epoch = train_for_epoch or (lambda epoch: self.splits.train)
         self.model_dir = config["model_dir"]
         self.num_replicas = int(self.strategy.num_replicas_in_sync)
         self.global_batch = int(config["batch_size"])
@@ -166,39 +179,38 @@ class Trainer:
         self.local_batch = self.global_batch // self.num_replicas
         self.task_type, self.task_id, self.is_chief = distribute.task_info(self.strategy)
         self.multi_worker = self.task_type is not None
-        self.jit_compile = resolve_jit(config["jit_compile"], config["model"], self.num_replicas)
-        seed = int(config["seed"])
+        self.jit_compile = resolve_jit(config["jit_compile"], config["model"])
         # Seeds every initializer, including the layers' unseeded ones, so that --seed fixes
         # the initial weights (multi-worker runs also broadcast the chief's).
-        keras.utils.set_random_seed(seed)
+        keras.utils.set_random_seed(int(config["seed"]))
         with self.strategy.scope():
-            # The same config -> model mapping that load_model and export use.
-            self.model = checkpointing.model_from_config(self.config, pseudo_inputs_data)
-            self.optimizer = optimizers.make_optimizer(config["optimizer"], config["lr"])
-            self.optimizer.build(self.model.trainable_variables)  # slots exist before any restore
-            # Run state, all in the checkpoint. beta is read inside the compiled step, so it
-            # is a variable: a Python float would be frozen into the graph at trace time.
-            self.beta = tf.Variable(warmup_beta(1, config["warmup_epochs"]), trainable=False,
-                                    dtype=tf.float32, name="beta")
-            self.epoch = tf.Variable(0, trainable=False, dtype=tf.int64, name="epoch")
-            self.best_val_loss = tf.Variable(math.inf, trainable=False, dtype=tf.float64, name="best_val_loss")
-            self.best_epoch = tf.Variable(0, trainable=False, dtype=tf.int64, name="best_epoch")
-            self.patience = tf.Variable(0, trainable=False, dtype=tf.int64, name="patience")
-            self.stop_reason = tf.Variable(0, trainable=False, dtype=tf.int64, name="stop_reason")
-            self.train_seconds = tf.Variable(0.0, trainable=False, dtype=tf.float64, name="train_seconds")
-            # The noise stream: stateless seeds from this and optimizer.iterations.
-            self.noise_seed = tf.Variable([seed, _NOISE_STREAM], trainable=False, dtype=tf.int64,
-                                          name="noise_seed")
-        self.checkpoint = tf.train.Checkpoint(
-            model=self.model, optimizer=self.optimizer, epoch=self.epoch, beta=self.beta,
-            best_val_loss=self.best_val_loss, best_epoch=self.best_epoch, patience=self.patience,
-            stop_reason=self.stop_reason, train_seconds=self.train_seconds, noise_seed=self.noise_seed)
+            self._build_state(pseudo_inputs_data)
         grads = self._replica_grads
         self._grads_fn = tf.function(grads, jit_compile=True) if self.jit_compile else grads
         self._train_step = tf.function(self._distributed_step)
         self._eval_step = tf.function(self._eval_batch, reduce_retracing=True)
 
-    # -- directories --------------------------------------------------------------------------
+    def _build_state(self, pseudo_inputs_data):
+        config = self.config
+        self.model = checkpointing.model_from_config(config, pseudo_inputs_data)
+        self.optimizer = optimizers.make_optimizer(config["optimizer"], config["lr"])
+        self.optimizer.build(self.model.trainable_variables)  # slots exist before any restore
+        # beta is read inside the compiled step, so it is a variable: a Python float would be
+        # frozen into the graph at trace time.
+        self.beta = tf.Variable(warmup_beta(1, config["warmup_epochs"]), trainable=False, dtype=tf.float32,
+                                name="beta")
+        self.epoch = tf.Variable(0, trainable=False, dtype=tf.int64, name="epoch")
+        self.stop_reason = tf.Variable(0, trainable=False, dtype=tf.int64, name="stop_reason")
+        self.train_seconds = tf.Variable(0.0, trainable=False, dtype=tf.float64, name="train_seconds")
+        # The noise stream: stateless seeds from this and optimizer.iterations.
+        self.noise_seed = tf.Variable([int(config["seed"]), _NOISE_STREAM], trainable=False, dtype=tf.int64,
+                                      name="noise_seed")
+        self.early_stopping = EarlyStopping(config["early_stopping_epochs"], config["warmup_epochs"])
+        self.checkpoint = tf.train.Checkpoint(
+            model=self.model, optimizer=self.optimizer, epoch=self.epoch, beta=self.beta,
+            stop_reason=self.stop_reason, train_seconds=self.train_seconds, noise_seed=self.noise_seed,
+            **self.early_stopping.variables())
+
     @property
     def checkpoint_dir(self):
         return os.path.join(self.model_dir, checkpointing.CHECKPOINT_DIR)
@@ -210,7 +222,7 @@ class Trainer:
     # -- the compiled step --------------------------------------------------------------------
     def _replica_grads(self, x, seed, replica_id):
         """Forward and backward pass on this replica's rows: (gradients, [3] sums)."""
-        noise_fn = _replica_noise_fn(seed, replica_id, self.num_replicas)
+        noise_fn = noise.replica_noise_fn(seed, replica_id, self.num_replicas)
         variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
             terms = self.model.loss_terms(x, beta=self.beta, training=True, noise_fn=noise_fn)
@@ -257,41 +269,37 @@ class Trainer:
             raise ValueError(f"train_step takes global batches of {self.global_batch}, got {x_global.shape[0]}.")
         return self._train_step(x_global)
 
+    def train_step_graph(self, x_global):
+        """The traced train step for a batch like `x_global` (a concrete function: FLOP counting)."""
+        return self._train_step.get_concrete_function(tf.convert_to_tensor(x_global, tf.float32))
+
     def _eval_batch(self, x, seed):
         """Sums of the beta = 1 terms over a batch, with seeded noise."""
-        noise_fn = _replica_noise_fn(seed, 0, 1)
+        noise_fn = noise.replica_noise_fn(seed, 0, 1)
         terms = self.model.loss_terms(x, beta=1.0, training=False, noise_fn=noise_fn)
         return tf.stack([tf.reduce_sum(tf.cast(terms[k], tf.float64)) for k in ("loss", "reconstruction", "kl")])
 
     # -- epochs -------------------------------------------------------------------------------
-    def steps_per_epoch(self, num_train):
-        steps = int(num_train) // self.global_batch
-        cap = int(self.config["max_steps_per_epoch"])
-        return min(steps, cap) if cap else steps
-
-    def train_epoch(self, epoch, dataset, steps=None):
-        """One pass over `dataset`; returns (mean [loss, reconstruction, kl] per example, steps,
-        seconds)."""
-        cap = int(self.config["max_steps_per_epoch"])
-        if cap:
-            dataset = dataset.take(cap)
+    def train_epoch(self, epoch, batches, steps):
+        """`steps` steps on batches from the iterator (or dataset) `batches`; returns (mean
+        [loss, reconstruction, kl] per example, steps, seconds)."""
+        iterator = iter(batches) if isinstance(batches, tf.data.Dataset) else batches
         bar = None
         if self.config["progress"] and self.is_chief:
             from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
             bar = tqdm(total=steps, desc=f"epoch {epoch}/{self.config['epochs']}", unit="batch",
                        leave=False, dynamic_ncols=True)
         totals = tf.zeros([3], tf.float64)  # on the device: no host round trip per step
-        num_steps = 0
-        start = time.perf_counter()
-        for x in dataset:
+        num_steps, start = 0, time.perf_counter()
+        for x in iterator:
             totals += tf.cast(self.train_step(x), tf.float64)
             num_steps += 1
             if bar is not None:
                 bar.update(1)
                 if num_steps % 10 == 0 or num_steps == steps:
-                    seconds = time.perf_counter() - start
-                    bar.set_postfix(loss=f"{float(totals[0]) / (num_steps * self.global_batch):.2f}",
-                                    ex_s=f"{num_steps * self.global_batch / max(seconds, 1e-9):.0f}")
+                    bar.set_postfix(loss=f"{float(totals[0]) / (num_steps * self.global_batch):.2f}")
+            if num_steps == steps:
+                break
         seconds = time.perf_counter() - start
         if bar is not None:
             bar.close()
@@ -319,7 +327,7 @@ class Trainer:
             raise ValueError("The validation set yielded no batch.")
         return totals / count
 
-    def _agree(self, values):
+    def agree(self, values):
         """Makes every worker of a multi-worker run hold the same numbers (their mean).
 
         Each worker computes validation on its own; averaging over the replicas removes any
@@ -348,6 +356,12 @@ class Trainer:
         distribute.remove_worker_dir(target, directory, self.strategy)
         return path
 
+    def save_best(self, epoch, val_loss):
+        """The model, its epoch and validation loss into best/ (what evaluation and export read)."""
+        best = tf.train.Checkpoint(model=self.model, epoch=tf.Variable(int(epoch), dtype=tf.int64),
+                                   best_val_loss=tf.Variable(float(val_loss), dtype=tf.float64))
+        return self._save(best, self.best_dir, epoch, keep=1)
+
     def restore(self):
         """Restores the newest epoch checkpoint, if any. Returns the last completed epoch (0 if
         none)."""
@@ -360,11 +374,6 @@ class Trainer:
             logging.warning("--lr changed on resume: now %g.", lr)
         self.optimizer.learning_rate.assign(lr)
         return int(self.epoch.numpy())
-
-    def early_stopping(self):
-        return EarlyStopping(self.config["early_stopping_epochs"], self.config["warmup_epochs"],
-                             best_loss=float(self.best_val_loss.numpy()),
-                             best_epoch=int(self.best_epoch.numpy()), counter=int(self.patience.numpy()))
 
     # -- TensorBoard --------------------------------------------------------------------------
     def _writer(self):
@@ -384,6 +393,19 @@ class Trainer:
             except ImportError:  # tensorboard is optional; the text summary has it all
                 pass
 
+    def _log_scalars(self, writer, epoch, train, val, epoch_seconds, examples_per_second):
+        stopper = self.early_stopping
+        scalars = {"train/loss": train[0], "train/reconstruction": train[1], "train/kl": train[2],
+                   "validation/loss": val[0], "validation/reconstruction": val[1], "validation/kl": val[2],
+                   "train/beta": float(self.beta.numpy()),
+                   "train/learning_rate": float(self.optimizer.learning_rate.numpy()),
+                   "time/epoch_seconds": epoch_seconds, "time/examples_per_second": examples_per_second,
+                   "early_stopping/counter": stopper.counter,
+                   "early_stopping/best_validation_loss": stopper.best_loss}
+        with writer.as_default():
+            for name, value in scalars.items():
+                tf.summary.scalar(name, value, step=epoch)
+
     def _log_images(self, writer, epoch, validation):
         n = int(self.config["num_images"])
         seed = int(self.config["seed"])
@@ -394,289 +416,126 @@ class Trainer:
                 originals = validation[: max(1, n // 2)]
                 pairs = pictures.interleave(originals, self.model.reconstruct(originals).numpy())
                 pictures.tensorboard_image("images/reconstructions", pairs, step=epoch, num_columns=16)
-            if hasattr(self.model.prior_layer, "pseudo_inputs"):
+            if priors.has_pseudo_inputs(self.model.prior_name):
                 u = self.model.prior_layer.pseudo_inputs().numpy()
                 pick = np.random.default_rng(seed).choice(len(u), min(n, len(u)), replace=False)
                 pictures.tensorboard_image("images/pseudo_inputs", u[np.sort(pick)], step=epoch)
 
+    def _validation_images(self, splits):
+        """A few validation images at seeded random positions, for the TensorBoard grids."""
+        if not int(self.config["image_every_epochs"]):
+            return None
+        num = max(1, int(self.config["num_images"]) // 2)
+        count = (getattr(getattr(splits, "info", None), "num_examples", None) or {}).get("validation")
+        if count:  # random positions: a split stored in class order would show one class
+            return evaluation.pick_images(splits.validation, num, count, seed=int(self.config["seed"]))
+        for x in splits.validation.take(1):
+            return x.numpy()[:num]
+        return None
+
     # -- the loop -----------------------------------------------------------------------------
-    def fit(self):
-        """Trains until `epochs`, early stopping or a NaN validation loss; resumes from the newest
-        checkpoint. Returns a dict describing how training ended.
+    def steps_per_epoch(self, splits):
+        info = getattr(splits, "info", None)
+        num_train = (getattr(info, "num_examples", None) or {}).get("train")
+        if num_train is None:
+            num_train = int(splits.train.cardinality()) * self.global_batch
+        return steps_per_epoch(num_train, self.global_batch, self.config["max_steps_per_epoch"])
+
+    def fit(self, splits):
+        """Trains on `splits` (train, validation) until `epochs`, early stopping or a NaN
+        validation loss; resumes from the newest checkpoint. Returns a dict describing how
+        training ended (`summary`).
 
         Raises:
           TrainingDiverged: the training loss of an epoch is not finite (that epoch is not saved).
         """
-        config = self.config
-        if self.splits is None:
-            raise ValueError("Trainer.fit needs the data splits.")
         start_epoch = self.restore() + 1
         reason = STOP_REASONS[int(self.stop_reason.numpy())]
-        epochs = int(config["epochs"])
+        epochs = int(self.config["epochs"])
         if start_epoch > 1:
-            logging.info("Resuming %s after epoch %d (step %d, beta %.4g, %s).", self.model_dir, start_epoch - 1,
-                         int(self.optimizer.iterations.numpy()), float(self.beta.numpy()), self.early_stopping())
-            print(f"Resuming from the checkpoint of epoch {start_epoch - 1} in {self.checkpoint_dir}", flush=True)
+            print(f"Resuming from the checkpoint of epoch {start_epoch - 1} in {self.checkpoint_dir} "
+                  f"(step {int(self.optimizer.iterations.numpy())}, {self.early_stopping})", flush=True)
         if reason in ("early_stopping", "nan_validation_loss") or start_epoch > epochs:
             reason = "max_epochs" if reason == "running" else reason
             print(f"Training already ended ({reason.replace('_', ' ')}) after epoch {start_epoch - 1}.", flush=True)
-            return dict(self._summary(reason), already_complete=True)
-        stopper = self.early_stopping()
+            return dict(self.summary(reason), already_complete=True)
         writer = self._writer()
         if start_epoch == 1:
             self._log_config(writer)
-        info = getattr(self.splits, "info", None)
-        num_examples = getattr(info, "num_examples", None) or {}
-        num_train = num_examples.get("train")
-        validation_images = None
-        if int(config["image_every_epochs"]):
-            num_images = max(1, int(config["num_images"]) // 2)
-            if num_examples.get("validation"):
-                # Random positions: a split stored in class order would show one class.
-                validation_images = evaluation.pick_images(self.splits.validation, num_images,
-                                                           num_examples["validation"], seed=int(config["seed"]))
-            else:
-                for x in self.splits.validation.take(1):
-                    validation_images = x.numpy()[:num_images]
-        steps = self.steps_per_epoch(num_train) if num_train else None  # the progress bar's total
-        reason = "max_epochs"
+        steps = self.steps_per_epoch(splits)
+        batches = iter(epoch_stream(splits, start_epoch, steps))
+        validation_images = self._validation_images(splits)
+        reason, clock = "max_epochs", (time.perf_counter(), start_epoch)
         try:
             for epoch in range(start_epoch, epochs + 1):
-                epoch_start = time.perf_counter()
-                self.beta.assign(warmup_beta(epoch, config["warmup_epochs"]))
-                train, num_steps, train_seconds = self.train_epoch(epoch, self.train_for_epoch(epoch), steps)
-                if not np.all(np.isfinite(train)):
-                    last = tf.train.latest_checkpoint(self.checkpoint_dir)
-                    raise TrainingDiverged(
-                        f"Training loss is {train[0]} in epoch {epoch} (reconstruction {train[1]}, KL {train[2]}): "
-                        f"stopped without saving epoch {epoch}. The last good checkpoint is "
-                        f"{last or 'none (no epoch completed)'}; the best weights are in {self.best_dir}. "
-                        "Try a lower --lr, or check the data for NaNs.")
-                val = self._agree(self.evaluate_elbo(self.splits.validation))
-                improved, stop, why = stopper.update(epoch, val[0])
-                if improved:
-                    self._save(self.best_checkpoint_for(epoch, val[0]), self.best_dir, epoch, keep=1)
-                self.train_seconds.assign_add(train_seconds)
-                self.epoch.assign(epoch)
-                self.best_val_loss.assign(stopper.best_loss)
-                self.best_epoch.assign(stopper.best_epoch)
-                self.patience.assign(stopper.counter)
+                stop, why = self._run_epoch(epoch, batches, steps, splits.validation, writer, validation_images,
+                                            clock)
                 if stop:
                     reason = why
-                self.stop_reason.assign(STOP_REASONS.index(reason) if stop else 0)
-                # The best weights are on disk before the checkpoint that records them.
-                self._save(self.checkpoint, self.checkpoint_dir, epoch, keep=int(config["checkpoints_to_keep"]))
-                epoch_seconds = time.perf_counter() - epoch_start
-                examples = num_steps * self.global_batch
-                with writer.as_default():
-                    for name, value in (("train/loss", train[0]), ("train/reconstruction", train[1]),
-                                        ("train/kl", train[2]), ("validation/loss", val[0]),
-                                        ("validation/reconstruction", val[1]), ("validation/kl", val[2]),
-                                        ("train/beta", float(self.beta.numpy())),
-                                        ("train/learning_rate",
-                                         float(self.optimizer.learning_rate.numpy())),
-                                        ("time/epoch_seconds", epoch_seconds),
-                                        ("time/examples_per_second", examples / max(train_seconds, 1e-9)),
-                                        ("early_stopping/counter", stopper.counter),
-                                        ("early_stopping/best_validation_loss", stopper.best_loss)):
-                        tf.summary.scalar(name, value, step=epoch)
-                every = int(config["image_every_epochs"])
-                if every and (epoch == start_epoch or epoch % every == 0 or stop or epoch == epochs):
-                    self._log_images(writer, epoch, validation_images)
-                writer.flush()
-                mark = " *" if improved else ""
-                print(f"epoch {epoch}/{epochs} {epoch_seconds:.1f}s ({examples / max(train_seconds, 1e-9):.0f} ex/s) "
-                      f"beta {float(self.beta.numpy()):.3g} | train {train[0]:.3f} (RE {train[1]:.3f}, KL {train[2]:.3f}) "
-                      f"| val {val[0]:.3f} (RE {val[1]:.3f}, KL {val[2]:.3f}) | early stopping "
-                      f"{stopper.counter}/{stopper.patience}, best {stopper.best_loss:.3f} @ {stopper.best_epoch}{mark}",
-                      flush=True)
-                if stop:
                     print(f"Stopping after epoch {epoch}: {reason.replace('_', ' ')}.", flush=True)
                     break
         finally:
             writer.close()
-        return self._summary(reason)
+        return self.summary(reason)
 
-    def best_checkpoint_for(self, epoch, val_loss):
-        """The checkpoint object saved into best/: the model plus its epoch and validation loss."""
-        return tf.train.Checkpoint(model=self.model, epoch=tf.Variable(int(epoch), dtype=tf.int64),
-                                   best_val_loss=tf.Variable(float(val_loss), dtype=tf.float64))
+    def _run_epoch(self, epoch, batches, steps, validation, writer, validation_images, clock):
+        """One epoch: train, validate, early stopping, checkpoints, logs. Returns (stop, reason)."""
+        epoch_start = time.perf_counter()
+        self.beta.assign(warmup_beta(epoch, self.config["warmup_epochs"]))
+        train, num_steps, train_seconds = self.train_epoch(epoch, batches, steps)
+        if not np.all(np.isfinite(train)):
+            last = tf.train.latest_checkpoint(self.checkpoint_dir)
+            best = tf.train.latest_checkpoint(self.best_dir)
+            raise TrainingDiverged(
+                f"Training loss is {train[0]} in epoch {epoch} (reconstruction {train[1]}, KL {train[2]}): "
+                f"stopped without saving epoch {epoch}. The last good checkpoint is "
+                f"{last or 'none (no epoch completed)'}; "
+                + (f"the best weights are in {self.best_dir}. " if best else "there are no best weights yet. ")
+                + "Try a lower --lr, or check the data for NaNs.")
+        val = self.agree(self.evaluate_elbo(validation))
+        improved, stop, why = self.early_stopping.update(epoch, val[0])
+        if improved:
+            self.save_best(epoch, val[0])
+        self.train_seconds.assign_add(train_seconds)
+        self.epoch.assign(epoch)
+        self.stop_reason.assign(STOP_REASONS.index(why) if stop else 0)
+        # The best weights are on disk before the checkpoint that records them.
+        self._save(self.checkpoint, self.checkpoint_dir, epoch, keep=int(self.config["checkpoints_to_keep"]))
+        epoch_seconds = time.perf_counter() - epoch_start
+        examples_per_second = num_steps * self.global_batch / max(train_seconds, 1e-9)
+        self._log_scalars(writer, epoch, train, val, epoch_seconds, examples_per_second)
+        every = int(self.config["image_every_epochs"])
+        if every and (epoch == clock[1] or epoch % every == 0 or stop or epoch == int(self.config["epochs"])):
+            self._log_images(writer, epoch, validation_images)
+        writer.flush()
+        self._print_status(epoch, train, val, improved, clock)
+        return stop, why
 
-    def _summary(self, reason):
+    def _print_status(self, epoch, train, val, improved, clock):
+        """The whole run on one line: epoch/max, beta, losses, best epoch, patience, time."""
+        stopper, epochs = self.early_stopping, int(self.config["epochs"])
+        elapsed = time.perf_counter() - clock[0]
+        done = epoch - clock[1] + 1
+        eta = elapsed / done * (epochs - epoch)
+        print(f"epoch {epoch}/{epochs} beta {float(self.beta.numpy()):.3g} | train {train[0]:.3f} "
+              f"(RE {train[1]:.3f}, KL {train[2]:.3f}) | val {val[0]:.3f} | best {stopper.best_loss:.3f} "
+              f"@ {stopper.best_epoch}{' *' if improved else ''} | patience {stopper.counter}/{stopper.patience} "
+              f"| {_duration(elapsed)} elapsed, at most {_duration(eta)} to epoch {epochs}", flush=True)
+
+    def summary(self, reason):
+        """How training ended: stop reason, epochs, steps, best epoch and loss, seconds."""
         return {"stop_reason": reason, "epochs_trained": int(self.epoch.numpy()),
                 "steps": int(self.optimizer.iterations.numpy()),
-                "best_epoch": int(self.best_epoch.numpy()),
-                "best_validation_loss": float(self.best_val_loss.numpy()),
+                "best_epoch": self.early_stopping.best_epoch,
+                "best_validation_loss": self.early_stopping.best_loss,
                 "train_seconds": float(self.train_seconds.numpy())}
 
 
-# ---- the whole run ----------------------------------------------------------------------------
-def _check_resume(model_dir, config):
-    """A model_dir that holds a different run (other model settings) is refused."""
-    path = os.path.join(model_dir, checkpointing.CONFIG_FILE)
-    if not os.path.exists(path):
-        return
-    old = checkpointing.load_config(model_dir)
-    keys = checkpointing.MODEL_KEYS + ("dataset",)
-    diff = {k: (old.get(k), config.get(k)) for k in keys
-            if json.loads(json.dumps(old.get(k))) != json.loads(json.dumps(config.get(k)))}
-    if diff:
-        changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items()))
-        raise ValueError(f"{model_dir} holds a run with different settings ({changes}). Use a new --model_dir "
-                         "for a new run; the same settings resume the old one.")
-
-
-def epoch_seed(seed, epoch):
-    """The data seed of (1-based) `epoch`: training order and binarisation depend on the run's
-    seed and the epoch only, not on how many epochs this process has run."""
-    return (int(seed) * 1_000_003 + int(epoch)) % (2 ** 31 - 1)
-
-
-def load_data(config):
-    """The run's data: (splits, train_for_epoch, pseudo_inputs_data).
-
-    `train_for_epoch(epoch)` is the training set of that epoch (`tfvamp.data.load` with
-    `epoch_seed`; the arrays are cached, so this is cheap). `pseudo_inputs_data` holds all
-    training images when the prior needs them (`vampprior_data`, or `--pseudo_inputs_init=data`),
-    else None.
-    """
-    from tfvamp import data  # pylint: disable=import-outside-toplevel
-    options = dict(eval_batch_size=config["eval_batch_size"], data_dir=config["data_dir"],
-                   manual_dir=config["manual_dir"], shuffle_train=True, drop_remainder=True)
-    splits = data.load(config["dataset"], config["batch_size"], seed=config["seed"], **options)
-
-    def train_for_epoch(epoch):
-        return data.load(config["dataset"], config["batch_size"], seed=epoch_seed(config["seed"], epoch),
-                         **options).train
-
-    pseudo_inputs_data = None
-    if config["prior"] == "vampprior_data" or (
-            config["prior"] in ("vampprior", "weighted_vampprior") and config["pseudo_inputs_init"] == "data"):
-        # All training images: build_model draws K of them at random, seeded by --seed.
-        pseudo_inputs_data = data.as_numpy(config["dataset"], "train", data_dir=config["data_dir"],
-                                           manual_dir=config["manual_dir"])
-    return splits, train_for_epoch, pseudo_inputs_data
-
-
-def evaluate_best(config, test_dataset, summary=None):
-    """Evaluates the best weights of a run on the test set.
-
-    Writes `results.json` (`test`: `tfvamp.evaluation.evaluate`'s summary plus the best epoch;
-    `training`: how training ended), TensorBoard scalars `test/...`, and pictures
-    (`<model_dir>/pictures`, TensorBoard `test_images/...`; a prefix of their own, since the
-    pictures include a histogram called `log_likelihood`). Returns the results dict.
-    """
-    model_dir = config["model_dir"]
-    summary = dict(summary or {})
-    model, _ = checkpointing.load_model(model_dir, "best")
-    cap = int(config["max_eval_batches"])
-    dataset = test_dataset.take(cap) if cap else test_dataset
-    test, per_example = evaluation.evaluate(model, dataset, num_samples=config["eval_samples"],
-                                            chunk_size=config["eval_chunk_size"] or None,
-                                            progress=config["progress"])
-    extra = {"best_epoch": summary.get("best_epoch"), "eval_samples": int(config["eval_samples"]),
-             "partial_test_set": bool(cap)}
-    path = evaluation.save_results(model_dir, test, split="test", **extra)
-    step = int(summary.get("epochs_trained", 0))
-    writer = tf.summary.create_file_writer(os.path.join(model_dir, checkpointing.TENSORBOARD_DIR))
-    evaluation.write_summaries(writer, test, step=step, prefix="test")
-    # Random positions: static MNIST's test file is in class order, its first batch one digit.
-    images = evaluation.pick_images(dataset, int(config["eval_batch_size"]), test["num_examples"],
-                                    seed=int(config["seed"]))
-    pixel = config["model"] == "pixelhvae"  # autoregressive sampling is slow on CPU
-    evaluation.write_pictures(model, images, os.path.join(model_dir, "pictures"),
-                              log_likelihoods=per_example["log_likelihood"], writer=writer, step=step,
-                              num_samples=min(int(config["num_images"]), 16 if pixel else 64),
-                              seed=int(config["seed"]), prefix="test_images")
-    writer.close()
-    with open(path) as f:
-        results = json.load(f)
-    results["training"] = summary
-    checkpointing.write_json(path, results)
-    return results
-
-
-def export_best(config):
-    """Exports the best weights of a run as a SavedModel at `config['export_dir']`."""
-    model, _ = checkpointing.load_model(config["model_dir"], "best")
-    return export.export_saved_model(model, config["export_dir"], config=config)
-
-
-def train(config, strategy=None, splits=None, pseudo_inputs_data=None, train_for_epoch=None):
-    """Runs (or resumes) a whole training run described by a validated `config`.
-
-    `splits` (and `train_for_epoch`, `pseudo_inputs_data`) default to the config's dataset
-    (`load_data`); pass them to train on other data.
-
-    Returns the results dict (also in `<model_dir>/results.json` when evaluated).
-    Raises `TrainingDiverged` on a non-finite training loss.
-    """
-    strategy = strategy or distribute.make_strategy(config["strategy"])  # first: before any TF op
-    model_dir = config["model_dir"]
-    is_chief = distribute.task_info(strategy)[2]
-    _check_resume(model_dir, config)
-    if is_chief:
-        checkpointing.save_config(model_dir, config)
-    if splits is None:
-        splits, train_for_epoch, loaded = load_data(config)
-        pseudo_inputs_data = loaded if pseudo_inputs_data is None else pseudo_inputs_data
-    trainer = Trainer(config, strategy, splits, pseudo_inputs_data, train_for_epoch)
-    print(f"Training {config['model']} + {config['prior']} on {config['dataset']} with "
-          f"{type(strategy).__name__} ({trainer.num_replicas} replica(s){', XLA' if trainer.jit_compile else ''}) "
-          f"into {model_dir}", flush=True)
-    summary = trainer.fit()
-    results = {"training": summary}
-    results_file = os.path.join(model_dir, checkpointing.RESULTS_FILE)
-    if summary.get("already_complete") and os.path.exists(results_file):
-        print(f"Nothing left to do: results are in {results_file}", flush=True)
-        with open(results_file) as f:
-            results = json.load(f)
-    elif is_chief:
-        if config["evaluate"]:
-            results = evaluate_best(config, splits.test, summary)
-            test = results["test"]
-            gray = f", {test['bits_per_dim']:.4f} bits/dim" if isinstance(test.get("bits_per_dim"), float) else ""
-            print(f"Test log-likelihood of the best model (epoch {summary['best_epoch']}): "
-                  f"{test.get('log_likelihood')} nats{gray}; ELBO {test.get('elbo')}. Results in {results_file}",
-                  flush=True)
-        if config["export"]:
-            results["saved_model"] = export_best(config)
-            if config["evaluate"]:
-                checkpointing.write_json(results_file, results)
-            print(f"SavedModel of the best model: {results['saved_model']}", flush=True)
-    trainer._agree([0.0])  # pylint: disable=protected-access  # workers wait for the chief
-    return results
-
-
-# ---- XLA measurement --------------------------------------------------------------------------
-def benchmark_step(config, steps=20, rounds=5, strategy=None):
-    """Times the train step with and without XLA on random data of the dataset's shape.
-
-    Both variants are built and compiled first, then timed in alternating rounds of `steps`
-    steps (so a busy machine slows both alike); the best round counts.
-
-    Returns:
-      {jit_compile (bool): seconds per step}.
-    """
-    strategy = strategy or distribute.make_strategy(config["strategy"])
-    shape = [config["batch_size"]] + list(config["input_shape"])
-    images = np.random.default_rng(0).random(shape).astype(np.float32)
-    if config["likelihood"] == "bernoulli":
-        images = (images > 0.5).astype(np.float32)
-    images = tf.constant(images)
-    trainers = {}
-    for jit in (False, True):
-        trainer = Trainer(dict(config, jit_compile="true" if jit else "false"), strategy)
-        if trainer.jit_compile == jit:
-            trainers[jit] = trainer
-            for _ in range(3):  # trace, compile, warm up
-                trainer.train_step(images).numpy()
-    timings = {jit: math.inf for jit in trainers}
-    for _ in range(int(rounds)):
-        for jit, trainer in trainers.items():
-            start = time.perf_counter()
-            for _ in range(int(steps)):
-                out = trainer.train_step(images)
-            out.numpy()
-            timings[jit] = min(timings[jit], (time.perf_counter() - start) / int(steps))
-    return timings
+def _duration(seconds):
+    """'42s', '7m05s' or '3h12m'."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"

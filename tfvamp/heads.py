@@ -1,0 +1,105 @@
+"""The layers that turn features into distribution parameters.
+
+* `GaussianHead`: a diagonal Gaussian's mean and log-variance (every q and p(z1|z2) head).
+* `ImageHead`: the likelihood's parameter maps over the image, and log p(x | features).
+
+Shapes are in the docstrings; the math lives in `tfvamp.likelihoods`.
+"""
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfvamp import likelihoods
+
+LOGVAR_MIN, LOGVAR_MAX = -6.0, 2.0  # the release's hardtanh on every variance head
+
+
+@keras.saving.register_keras_serializable(package="tfvamp")
+class GaussianHead(keras.layers.Layer):
+    """Linear mean and hardtanh(-6, 2) log-variance heads: `[N, F]` -> (`[N, D]`, `[N, D]`)."""
+
+    def __init__(self, latent_size, **kwargs):
+        super().__init__(**kwargs)
+        self.latent_size = int(latent_size)
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(name="kernel", shape=(int(input_shape[-1]), 2 * self.latent_size),
+                                      initializer=keras.initializers.HeNormal())
+        self.bias = self.add_weight(name="bias", shape=(2 * self.latent_size,), initializer="zeros")
+
+    def call(self, h):
+        mean, logvar = tf.split(tf.matmul(h, self.kernel) + self.bias, 2, axis=-1)
+        return mean, tf.clip_by_value(logvar, LOGVAR_MIN, LOGVAR_MAX)
+
+    def get_config(self):
+        return {**super().get_config(), "latent_size": self.latent_size}
+
+
+@keras.saving.register_keras_serializable(package="tfvamp")
+class ImageHead(keras.layers.Layer):
+    """Decoder features -> the likelihood's parameter maps, each `[N, H, W, C]`.
+
+    Dense mode takes `[N, F]` (a linear layer per parameter); conv mode takes `[N, H, W, F]`
+    (a 1x1 convolution per parameter). Bernoulli: logits. Discretized logistic: loc =
+    sigmoid clamped to [1/512, 1 - 1/512], log_scale = hardtanh(-4.5, 0), as in the release.
+    """
+
+    def __init__(self, likelihood, image_shape, conv=False, **kwargs):
+        super().__init__(**kwargs)
+        self.likelihood = likelihoods.check_likelihood(likelihood)
+        self.image_shape = tuple(int(d) for d in image_shape)
+        self.conv = bool(conv)
+        self.num_params = likelihoods.num_params(likelihood)
+
+    def build(self, input_shape):
+        channels = self.image_shape[-1]
+        width = channels if self.conv else int(np.prod(self.image_shape))
+        self.kernel = self.add_weight(name="kernel", shape=(int(input_shape[-1]), self.num_params * width),
+                                      initializer=keras.initializers.HeNormal())
+        self.bias = self.add_weight(name="bias", shape=(self.num_params * width,), initializer="zeros")
+
+    def call(self, h):
+        if self.conv:
+            out = tf.tensordot(h, self.kernel, 1) + self.bias  # a 1x1 convolution
+        else:
+            out = tf.matmul(h, self.kernel) + self.bias
+        shape = tf.concat([tf.shape(h)[:1], self.image_shape], 0)
+        parts = tf.split(out, self.num_params, axis=-1)
+        if not self.conv:
+            parts = [tf.reshape(p, shape) for p in parts]
+        if self.likelihood == "bernoulli":
+            return parts
+        loc = tf.clip_by_value(tf.sigmoid(parts[0]), likelihoods.LOC_MIN, likelihoods.LOC_MAX)
+        log_scale = tf.clip_by_value(parts[1], likelihoods.LOG_SCALE_MIN, likelihoods.LOG_SCALE_MAX)
+        return [loc, log_scale]
+
+    def sampler_context(self, x):
+        """What makes `log_prob` cheap when many samples share each image of x `[B, H, W, C]`:
+        for a dense Bernoulli head, `likelihoods.bernoulli_sampler_context`; otherwise None."""
+        if self.conv or self.likelihood != "bernoulli":
+            return None
+        flat = tf.reshape(x, [tf.shape(x)[0], -1])
+        return likelihoods.bernoulli_sampler_context(flat, self.kernel, self.bias)
+
+    def log_prob(self, h, x, num_samples, context=None):
+        """log p(x | the parameters this head makes from the features h), per sample.
+
+        Args:
+          h: features `[S * B, F]` (dense) or `[S * B, H, W, F]` (conv), sample-major.
+          x: images `[B, H, W, C]`.
+          num_samples: S.
+          context: `sampler_context(x)`, or None: then the parameters are formed and scored
+            by `likelihoods.log_prob`.
+
+        Returns:
+          `[S, B]`.
+        """
+        if context is not None:
+            features = tf.reshape(tf.cast(h, self.compute_dtype), [num_samples, -1, h.shape[-1]])
+            return likelihoods.bernoulli_log_prob_dense(features, self.kernel, self.bias, context)
+        shape = tf.concat([[num_samples], tf.shape(x)], 0)
+        return likelihoods.log_prob(self.likelihood, [tf.reshape(p, shape) for p in self(h)], x)
+
+    def get_config(self):
+        return {**super().get_config(), "likelihood": self.likelihood,
+                "image_shape": self.image_shape, "conv": self.conv}
