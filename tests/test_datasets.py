@@ -244,7 +244,9 @@ def test_bad_download_is_deleted(isolated, shared_data, monkeypatch, tmp_path):
     bad.write_bytes((shared_data / "Freyfaces" / "freyfaces.pkl").read_bytes()[:100000])
     (src,) = D.TfvampFreyFaces.SOURCES
     monkeypatch.setattr(D.TfvampFreyFaces, "SOURCES", (dataclasses.replace(src, urls=(bad.as_uri(),)),))
-    with pytest.raises(D.CorruptFileError, match="deleted"):
+    # A download is exactly what the URL served: it must match the original's sha256 before
+    # anything parses it.
+    with pytest.raises(D.ChecksumError, match="it was not parsed.*deleted"):
         build("frey_faces", manual, data_dir)
     assert not (data_dir / "downloads" / "tfvamp" / "Freyfaces" / "freyfaces.pkl").exists()
     assert_nothing_built(data_dir)
@@ -256,7 +258,7 @@ def test_bad_file_in_download_cache_is_deleted(isolated, shared_data):
     cached = data_dir / "downloads" / "tfvamp" / "Freyfaces" / "freyfaces.pkl"
     cached.parent.mkdir(parents=True)
     cached.write_bytes((shared_data / "Freyfaces" / "freyfaces.pkl").read_bytes()[:5000])
-    with pytest.raises(D.CorruptFileError, match="deleted"):
+    with pytest.raises(D.ChecksumError, match="deleted"):
         build("frey_faces", manual, data_dir)
     assert not cached.exists()
 
