@@ -22,8 +22,8 @@ import tfvamp.datasets as D
 from tfvamp.datasets import builders
 
 SPLITS = ("train", "validation", "test")
-# SPEC section 6, written out here rather than read from the code under test.
-SPEC_SIZES = {
+# docs/paper_details.md section 6, written out here rather than read from the code under test.
+PAPER_SIZES = {
     "static_mnist": (50000, 10000, 10000),
     "dynamic_mnist": (50000, 10000, 10000),
     "omniglot": (23000, 1345, 8070),
@@ -31,8 +31,8 @@ SPEC_SIZES = {
     "frey_faces": (1565, 200, 200),
     "histopathology": (6800, 2000, 2000),
 }
-SPEC_SHAPES = {name: (28, 28, 1) for name in SPEC_SIZES}
-SPEC_SHAPES["frey_faces"] = (28, 20, 1)
+PAPER_SHAPES = {name: (28, 28, 1) for name in PAPER_SIZES}
+PAPER_SHAPES["frey_faces"] = (28, 20, 1)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -116,8 +116,8 @@ def frey_images(shared):
 # ----------------------------------------------------------------------------- registration
 
 def test_builders_registered_with_names_and_versions():
-    expected = {n: f"tfvamp_{n}" for n in SPEC_SIZES}
-    assert {n: D.builder_name(n) for n in SPEC_SIZES} == expected
+    expected = {n: f"tfvamp_{n}" for n in PAPER_SIZES}
+    assert {n: D.builder_name(n) for n in PAPER_SIZES} == expected
     for name, cls in D.BUILDERS.items():
         assert tfds.builder_cls(expected[name]) is cls
         assert str(cls.VERSION) in cls.RELEASE_NOTES
@@ -130,14 +130,14 @@ def test_builders_registered_with_names_and_versions():
 
 # ----------------------------------------------------------------------------- real files
 
-@pytest.mark.parametrize("name", list(SPEC_SIZES))
+@pytest.mark.parametrize("name", list(PAPER_SIZES))
 def test_real_splits_shapes_and_values(real_data_dir, name):
     builder = tfds.builder(D.builder_name(name), data_dir=real_data_dir(name))
-    assert tuple(builder.info.splits[s].num_examples for s in SPLITS) == SPEC_SIZES[name]
-    for split, size in zip(SPLITS, SPEC_SIZES[name]):
+    assert tuple(builder.info.splits[s].num_examples for s in SPLITS) == PAPER_SIZES[name]
+    for split, size in zip(SPLITS, PAPER_SIZES[name]):
         d = read(builder, split)
         x = d["image"]
-        assert x.shape == (size,) + SPEC_SHAPES[name]
+        assert x.shape == (size,) + PAPER_SHAPES[name]
         assert np.all(np.diff(d["index"]) > 0)  # stored in file order
         if name in ("static_mnist", "caltech101_silhouettes"):
             assert x.dtype == np.uint8 and set(np.unique(x)) == {0, 1}
@@ -244,7 +244,9 @@ def test_bad_download_is_deleted(isolated, shared_data, monkeypatch, tmp_path):
     bad.write_bytes((shared_data / "Freyfaces" / "freyfaces.pkl").read_bytes()[:100000])
     (src,) = D.TfvampFreyFaces.SOURCES
     monkeypatch.setattr(D.TfvampFreyFaces, "SOURCES", (dataclasses.replace(src, urls=(bad.as_uri(),)),))
-    with pytest.raises(D.CorruptFileError, match="deleted"):
+    # A download is exactly what the URL served: it must match the original's sha256 before
+    # anything parses it.
+    with pytest.raises(D.ChecksumError, match="it was not parsed.*deleted"):
         build("frey_faces", manual, data_dir)
     assert not (data_dir / "downloads" / "tfvamp" / "Freyfaces" / "freyfaces.pkl").exists()
     assert_nothing_built(data_dir)
@@ -256,7 +258,7 @@ def test_bad_file_in_download_cache_is_deleted(isolated, shared_data):
     cached = data_dir / "downloads" / "tfvamp" / "Freyfaces" / "freyfaces.pkl"
     cached.parent.mkdir(parents=True)
     cached.write_bytes((shared_data / "Freyfaces" / "freyfaces.pkl").read_bytes()[:5000])
-    with pytest.raises(D.CorruptFileError, match="deleted"):
+    with pytest.raises(D.ChecksumError, match="deleted"):
         build("frey_faces", manual, data_dir)
     assert not cached.exists()
 
@@ -317,7 +319,7 @@ def test_histopathology_paper_config_requires_paper_sizes(isolated):
 
 # ----------------------------------------------------------------------------- bad input
 
-@pytest.mark.parametrize("name", list(SPEC_SIZES))
+@pytest.mark.parametrize("name", list(PAPER_SIZES))
 def test_missing_file_names_file_url_and_folder(isolated, name):
     manual, data_dir = isolated
     with pytest.raises(D.MissingFileError) as e:

@@ -11,7 +11,8 @@ works like any TFDS dataset. Builder names are `tfvamp_<short name>`:
     tfvamp_caltech101_silhouettes, tfvamp_frey_faces, tfvamp_histopathology
 
 The original files are looked for in the manual dir (`--manual_dir`, or
-`$TFVAMP_MANUAL_DIR`); see docs/data.md.
+`$TFVAMP_MANUAL_DIR`); see docs/data.md. Files are untrusted until checked: reading is size-bounded
+and pickles only ever yield plain numeric arrays (docs/data.md, "Hostile files").
 """
 from tfvamp.datasets.builders import (
     BUILDERS,
@@ -32,8 +33,10 @@ from tfvamp.datasets.errors import (
     DataError,
     MissingFileError,
     ShapeError,
+    SizeLimitError,
+    UnsafeContentError,
 )
-from tfvamp.datasets.sources import MANUAL_DIR_ENV, OFFLINE_ENV, SKIP_CHECKSUMS_ENV
+from tfvamp.datasets.sources import MANUAL_DIR_ENV, MAX_SIZE_ENV, OFFLINE_ENV, SKIP_CHECKSUMS_ENV
 
 NAMES = tuple(BUILDERS)
 

@@ -1,4 +1,4 @@
-"""TFDS builders for the six datasets of "VAE with a VampPrior" (SPEC section 6).
+"""TFDS builders for the six datasets of "VAE with a VampPrior" (docs/paper_details.md section 6).
 
 Each builder reads the original file(s) (see `sources.py` for where they are looked for),
 checks them, and writes the paper's `train` / `validation` / `test` splits. Every file is
@@ -32,6 +32,7 @@ from tfvamp.datasets.sources import (
     FoundFile,
     SourceFile,
     check_binary,
+    check_dtype,
     check_shape,
     check_unit_interval,
     fetch,
@@ -168,6 +169,8 @@ class _TfvampBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         download_dir = dl_manager.download_dir
         bases = search_bases(_explicit_manual_dir(dl_manager), download_dir)
         files = [fetch(s, bases, download_dir, self.name) for s in self.SOURCES]
+        for f in files:  # a size-relaxed config (the tests' small files) is for non-original files
+            f.expect_original = getattr(self.builder_config, "check_sizes", True)
         # Read and verify everything before TFDS writes anything.
         splits = self._read_splits(*files)
         return {name: self._generate_examples(arrays) for name, arrays in splits.items()}
@@ -183,11 +186,17 @@ class _TfvampBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 # ----------------------------------------------------------------------------- static MNIST
 
-_LAROCHELLE = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist"
+_LAROCHELLE = "https://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist"
 _STATIC_DIGESTS = {
     "train": "e93c37812c84f500afe331e63615115736a16ab61dbd00577542faed0c83dced",
     "valid": "a2c529ee2c547817a651c0202c0ccb5856748510efbd7c74f0e25bcb219a9feb",
     "test": "8b00d0ad400da3fa9298df984f5eb3a012041de9ea9e89efa7979d4628f3a235",
+}
+# sha256 and size of the original .amat text (= TFDS' url_checksums/binarized_mnist.txt).
+_STATIC_FILES = {
+    "train": ("ad693b29f94c14277b095f5238ddefbbdaaae0939789dd2f4f0205278cee3e4d", 78_400_000),
+    "valid": ("1de3d397c40fe8eeb33dafd4099a1f665ec01e96d9be234aaeeac8a34930e2e2", 15_680_000),
+    "test": ("e6687bfea3f820c174f33b7865140b2a2dd2930ef786f35d45795fc193b5ab2c", 15_680_000),
 }
 
 
@@ -196,13 +205,14 @@ class TfvampStaticMnist(_TfvampBuilder):
 
     SOURCES = tuple(
         SourceFile(f"binarized_mnist_{s}.amat", "MNIST_static",
-                   (f"{_LAROCHELLE}/binarized_mnist_{s}.amat",), digest=_STATIC_DIGESTS[s])
+                   (f"{_LAROCHELLE}/binarized_mnist_{s}.amat",), digest=_STATIC_DIGESTS[s],
+                   sha256=(_STATIC_FILES[s][0],), max_size=2 * _STATIC_FILES[s][1])
         for s in ("train", "valid", "test"))
     SIZES = {"train": 50000, "validation": 10000, "test": 10000}
     IMAGE_DOC = "uint8 0/1 (fixed binarisation of the original file)"
     DESCRIPTION = ("Binarized MNIST with the fixed binarisation of Larochelle & Murray (2011), "
                    "from the original .amat text files; splits = the three files.")
-    HOMEPAGE = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/"
+    HOMEPAGE = "https://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/"
     CITATION = """@inproceedings{larochelle2011nade,
   title={The Neural Autoregressive Distribution Estimator},
   author={Larochelle, Hugo and Murray, Iain}, booktitle={AISTATS}, year={2011}}"""
@@ -219,24 +229,36 @@ class TfvampStaticMnist(_TfvampBuilder):
 
 # ----------------------------------------------------------------------------- dynamic MNIST
 
-def _mnist_source(name: str, digest: str) -> SourceFile:
+def _mnist_source(name: str, digest: str, sha256_gz: str, sha256_idx: str, idx_size: int) -> SourceFile:
+    """One MNIST file: sha256 of the original .gz (= TFDS' url_checksums/mnist.txt) and of the
+    IDX file inside it, and the IDX file's size."""
     # Some unpackers (and the MNIST web page's links on Windows) write "train-images.idx3-ubyte".
     alt = name.replace("-idx", ".idx").removesuffix(".gz")
+    # The https mirrors first: yann.lecun.com serves http only (and often refuses scripts).
+    # Every download must match the sha256 before it is parsed, whichever URL served it.
     return SourceFile(name, "MNIST", (
-        f"http://yann.lecun.com/exdb/mnist/{name}",
         f"https://storage.googleapis.com/cvdf-datasets/mnist/{name}",
         f"https://ossci-datasets.s3.amazonaws.com/mnist/{name}",
-    ), alt_names=(alt,), digest=digest)
+        f"http://yann.lecun.com/exdb/mnist/{name}",
+    ), alt_names=(alt,), digest=digest, sha256=(sha256_gz, sha256_idx), max_size=2 * idx_size)
 
 
 class TfvampDynamicMnist(_TfvampBuilder):
     """Grey-scale MNIST for dynamic binarisation: first 50000 / last 10000 of train, 10000 test."""
 
     SOURCES = (
-        _mnist_source("train-images-idx3-ubyte.gz", "157fe16da1dbced4a1376f4be5df2d665d51d11177dcaf7aa4848b1ff033343f"),
-        _mnist_source("train-labels-idx1-ubyte.gz", "e6a049a9876d2010dddfc2322bb8cad03f5934de9a0b5012c7251eca5b5a7201"),
-        _mnist_source("t10k-images-idx3-ubyte.gz", "fbf9701b11f5659e6366884b0bbf01ea129fb049e3239251eddb226ada72239e"),
-        _mnist_source("t10k-labels-idx1-ubyte.gz", "6a90c4ebf8538b9b76438e5dddb0f5afc42d636e8e259d894485f9314cdad47d"),
+        _mnist_source("train-images-idx3-ubyte.gz", "157fe16da1dbced4a1376f4be5df2d665d51d11177dcaf7aa4848b1ff033343f",
+                      "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+                      "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db", 47_040_016),
+        _mnist_source("train-labels-idx1-ubyte.gz", "e6a049a9876d2010dddfc2322bb8cad03f5934de9a0b5012c7251eca5b5a7201",
+                      "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+                      "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5", 60_008),
+        _mnist_source("t10k-images-idx3-ubyte.gz", "fbf9701b11f5659e6366884b0bbf01ea129fb049e3239251eddb226ada72239e",
+                      "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+                      "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7", 7_840_016),
+        _mnist_source("t10k-labels-idx1-ubyte.gz", "6a90c4ebf8538b9b76438e5dddb0f5afc42d636e8e259d894485f9314cdad47d",
+                      "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+                      "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2", 10_008),
     )
     NUM_CLASSES = 10
     IMAGE_DOC = "uint8 grey 0..255 as in the IDX file (tfvamp.data scales by 1/255 and binarises)"
@@ -276,7 +298,13 @@ class TfvampOmniglot(_TfvampBuilder):
     SOURCES = (SourceFile(
         "chardata.mat", "OMNIGLOT",
         ("https://github.com/yburda/iwae/raw/master/datasets/OMNIGLOT/chardata.mat",),
-        md5="21ecaf34373511aa7691cf2e0802aa3d"),)
+        md5="21ecaf34373511aa7691cf2e0802aa3d",
+        # The id in yburda/iwae's tree (commit 78a6075): a checksum of the original's bytes,
+        # although no copy of the file itself was available to check it against here.
+        git_blob="016a3536ffe5e1d38e42563a18d7a78bfaf643ec",
+        # Size unknown; upper estimate: every variable (data, testdata, target, ..., 835 rows
+        # for 32415 images) stored uncompressed as float64 = 217 MB.
+        max_size=2 * 217_000_000),)
     BUILDER_CONFIGS = [OmniglotConfig(
         name="paper", description="The paper's sizes: 24345 training-file images (23000 train + "
         "1345 validation) and 8070 test images.")]
@@ -301,7 +329,9 @@ class TfvampOmniglot(_TfvampBuilder):
         check_shape(f, "`data`", mat["data"], (784, n_train))
         check_shape(f, "`testdata`", mat["testdata"], (784, n_test))
         for key in ("data", "testdata"):
+            check_dtype(f, f"`{key}`", mat[key], "f", "floating-point grey values in [0, 1]")
             check_unit_interval(f, f"`{key}`", mat[key])
+        f.verify_digest()  # the bytes (git blob id) when under the original's name
         n = mat["data"].shape[1]
         if not 0 < cfg.num_validation < n:
             f.fail(ShapeError, f"has {n} training images, too few to carve "
@@ -324,7 +354,9 @@ class TfvampCaltech101Silhouettes(_TfvampBuilder):
     SOURCES = (SourceFile(
         "caltech101_silhouettes_28_split1.mat", "Caltech101Silhouettes",
         ("https://people.cs.umass.edu/~marlin/data/caltech101_silhouettes_28_split1.mat",),
-        digest="70648b83629d810c48bbc36efff349d796601d677bae8ca03de6ad5f8963552f"),)
+        digest="70648b83629d810c48bbc36efff349d796601d677bae8ca03de6ad5f8963552f",
+        sha256=("eb6735e8d84b1850fabc5590124aab1755e90c9fd28123585324398405e1e42a",),
+        max_size=2 * 6_813_928),)  # what its compressed variables inflate to (the file: 872 KB)
     SIZES = {"train": 4100, "validation": 2264, "test": 2307}
     NUM_CLASSES = 101
     IMAGE_DOC = "uint8 0/1, inverted from the file (1 - x) so that object pixels are 1"
@@ -365,7 +397,9 @@ class TfvampFreyFaces(_TfvampBuilder):
     SOURCES = (SourceFile(
         "freyfaces.pkl", "Freyfaces",
         ("https://github.com/jmtomczak/vae_vampprior/raw/master/datasets/Freyfaces/freyfaces.pkl",),
-        alt_names=("frey_rawface.mat",), digest="1056424259835ee7082802a13633b9d004232e19f5daeb1dd1ac99be0c098502"),)
+        alt_names=("frey_rawface.mat",), digest="1056424259835ee7082802a13633b9d004232e19f5daeb1dd1ac99be0c098502",
+        sha256=("3b69410c6a5fd6e03f09012905168be3712373a094a776f7e58fcd0670d2138a",),
+        max_size=2 * 3_568_521),)
     SIZES = {"train": 1565, "validation": 200, "test": 200}
     IMAGE_SHAPE = (28, 20, 1)
     IMAGE_DOC = "uint8 raw grey 0..255 (tfvamp.data maps x -> (x + 0.5) / 256)"
@@ -390,6 +424,7 @@ class TfvampFreyFaces(_TfvampBuilder):
                 f.fail(CorruptFileError, f"holds a {type(x).__name__}, expected a list with one "
                                          "numpy array of 1965 x 560")
             check_shape(f, "the image array", x, (1965, 560))
+        check_dtype(f, "the image array", x, "biuf", "integers in 0..255")
         if x.dtype != np.uint8:
             if not np.issubdtype(x.dtype, np.number) or x.min() < 0 or x.max() > 255 or (x % 1).any():
                 f.fail(ShapeError, f"holds {x.dtype} values that are not integers in 0..255")
@@ -414,7 +449,13 @@ class TfvampHistopathology(_TfvampBuilder):
         "histopathology.pkl.tar.gz", "HistopathologyGray",
         ("https://github.com/jmtomczak/vae_householder_flow/raw/master/datasets/"
          "histopathologyGray/histopathology.pkl.tar.gz",),
-        alt_names=("histopathology.pkl",)),)
+        alt_names=("histopathology.pkl",),
+        # The id in jmtomczak/vae_householder_flow's tree (commit 9a71a42): a checksum of the
+        # original .tar.gz, although no copy was available to check it against here.
+        git_blob="40e100f65969106cbcf3c0f6f29e70e8e7e14fe3",
+        # Size unknown; upper estimate: 10800 x 784 float64 (68 MB) in a protocol-0 pickle,
+        # whose text escapes make the bytes about 3.5 times larger (freyfaces.pkl: 3.2 times).
+        max_size=2 * 240_000_000),)
     BUILDER_CONFIGS = [SizeCheckConfig(
         name="paper", description="The paper's sizes: 6800 / 2000 / 2000 images.")]
     SIZES = {"train": 6800, "validation": 2000, "test": 2000}
@@ -437,10 +478,7 @@ class TfvampHistopathology(_TfvampBuilder):
                                      f"{list(self.KEYS.values())}, found {keys}")
         out = {}
         for split, key in self.KEYS.items():
-            try:
-                x = np.asarray(data[key], dtype=np.float32)
-            except (ValueError, TypeError) as e:
-                f.fail(ShapeError, f"holds `{key}` that is not an array of 28x28 images ({e})")
+            x = self._grey_images(f, key, data[key])
             # Accept [N, 784], [N, 28, 28], [N, 28, 28, 1] and [N, 1, 28, 28] (all row-major).
             if x.ndim < 2 or int(np.prod(x.shape[1:])) != 784:
                 check_shape(f, f"`{key}`", x, (None, 28, 28))
@@ -449,8 +487,21 @@ class TfvampHistopathology(_TfvampBuilder):
             check_shape(f, f"`{key}`", x, (n, 28, 28))
             check_unit_interval(f, f"`{key}`", x)
             out[split] = _examples(x, np.arange(len(x)))
-        f.verify_digest()  # no reference copy was available: logged as shape-verified
+        f.verify_digest()  # the bytes (git blob id) when under the original's name
         return out
+
+    @staticmethod
+    def _grey_images(f: FoundFile, key: str, value) -> np.ndarray:
+        """`value` (an array, or a list of image arrays as the original pickles) as float32."""
+        if not isinstance(value, (np.ndarray, list, tuple)):
+            f.fail(ShapeError, f"holds a {type(value).__name__} as `{key}`, expected an array or "
+                               f"a list of 28x28 images")
+        try:
+            x = np.asarray(value)
+        except (ValueError, TypeError) as e:
+            f.fail(ShapeError, f"holds `{key}` that is not an array of 28x28 images ({e})")
+        check_dtype(f, f"`{key}`", x, "f", "floating-point grey values in [0, 1]")
+        return x.astype(np.float32)
 
 
 BUILDERS = {

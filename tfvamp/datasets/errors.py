@@ -17,9 +17,18 @@ class CorruptFileError(DataError):
     """The file exists but is truncated, corrupt or in the wrong format."""
 
 
+class SizeLimitError(CorruptFileError):
+    """The file is, or expands to, more bytes than the original could (e.g. a decompression bomb)."""
+
+
+class UnsafeContentError(CorruptFileError):
+    """The file holds something a data file never needs and that is refused unread (e.g. a pickle
+    with a structured or object numpy dtype)."""
+
+
 class ShapeError(DataError):
     """The file parses, but holds arrays of the wrong shape, count or value range."""
 
 
 class ChecksumError(DataError):
-    """The file parses with the right shapes, but its content differs from the original."""
+    """The file's bytes, or its decoded arrays, differ from the original's known checksum."""
