@@ -234,7 +234,7 @@ class FoundFile:
                          "matches" if ok else "differs from", self.source.md5)
         return data
 
-    def _too_big(self, cap: int, how: str) -> NoReturn:
+    def too_big(self, cap: int, how: str) -> NoReturn:
         self.fail(SizeLimitError,
                   f"{how} more than {_mb(cap)}, the limit for this file (about twice the "
                   f"original's size): it is not the original and may be a decompression bomb, so "
@@ -250,7 +250,7 @@ class FoundFile:
         except OSError as e:
             self.fail(CorruptFileError, f"cannot be read ({e})")
         if len(raw) > cap:
-            self._too_big(cap, "holds")
+            self.too_big(cap, "holds")
         if not raw:
             self.fail(CorruptFileError, "is empty (truncated download?)")
         return raw
@@ -268,7 +268,7 @@ class FoundFile:
                 while chunk := stream.read(_CHUNK):
                     total += len(chunk)
                     if total > cap:
-                        self._too_big(cap, "expands, when gunzipped, to")
+                        self.too_big(cap, "expands, when gunzipped, to")
                     chunks.append(chunk)
         except EOFError:
             self.fail(CorruptFileError, "is truncated: the gzip stream ends early")
@@ -290,12 +290,12 @@ class FoundFile:
                 # A sparse member announces its full size but stores only its data: a few
                 # bytes of archive can unpack to gigabytes of holes.
                 if wanted[0].size > cap:
-                    self._too_big(cap, f"holds {wanted[0].name}, which unpacks to")
+                    self.too_big(cap, f"holds {wanted[0].name}, which unpacks to")
                 data = tar.extractfile(wanted[0]).read(cap + 1)
         except (tarfile.TarError, EOFError, OSError) as e:
             self.fail(CorruptFileError, f"is a truncated or corrupt tar archive ({e})")
         if len(data) > cap:
-            self._too_big(cap, f"holds {wanted[0].name}, which unpacks to")
+            self.too_big(cap, f"holds {wanted[0].name}, which unpacks to")
         return data
 
     def _check_bytes(self, raw: bytes, data: bytes) -> None:
@@ -553,7 +553,7 @@ def _check_mat_inflation(found: FoundFile, raw: bytes) -> None:
         body = view[pos + 8:pos + 8 + nbytes]
         total += _inflated_size(body, cap - total) if kind == _MI_COMPRESSED else len(body)
         if total > cap:
-            found._too_big(cap, "holds MATLAB variables that inflate to")  # pylint: disable=protected-access
+            found.too_big(cap, "holds MATLAB variables that inflate to")
         pos += 8 + nbytes
 
 
