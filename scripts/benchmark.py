@@ -23,7 +23,10 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from tfvamp import console  # noqa: E402
+
+console.quiet()  # before TensorFlow starts
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402

@@ -13,13 +13,16 @@ checkpoint), evaluates the chosen split with a progress bar (images/s), and writ
 
 See docs/evaluation.md.
 """
-import inspect
 import json
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tfvamp import console  # noqa: E402
+
+console.quiet()  # before TensorFlow starts
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
@@ -28,7 +31,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("model_dir", None, "Run directory written by scripts/train.py (required).")
 flags.DEFINE_enum("split", "test", ("test", "validation"), "Which split to evaluate.")
 flags.DEFINE_enum("which", "best", ("best", "latest"), "Best weights or the newest checkpoint.")
-flags.DEFINE_integer("eval_samples", 5000, "Importance samples S per image for log p(x).")
+flags.DEFINE_integer("eval_samples", 5000, "Importance samples S per image for log p(x).", lower_bound=1)
 flags.DEFINE_integer("chunk_size", 0, "Importance samples per network pass (0 = automatic, ~256 MB).")
 flags.DEFINE_enum("compute_dtype", None, ("float32", "bfloat16"),
                   "Hidden-layer precision for this evaluation (default: the run's). bfloat16 is faster "
@@ -62,22 +65,14 @@ flags.DEFINE_integer("benchmark_images", 100, "Images timed by --benchmark.")
 
 
 def load_split(config, split, batch_size):
-    """The run's dataset split as batches of images, through `tfvamp.data.load`."""
+    """The run's dataset split as batches of images (only that split is built)."""
     from tfvamp import data  # the data module pulls in TFDS: import only when needed
 
     name = FLAGS.dataset or config.get("dataset")
     if not name:
         raise ValueError("config.json names no dataset; pass --dataset.")
-    options = {"eval_batch_size": batch_size,
-               "data_dir": FLAGS.data_dir or config.get("data_dir"),
-               "manual_dir": FLAGS.manual_dir or config.get("manual_dir"),
-               "seed": config.get("seed")}
-    options = {k: v for k, v in options.items() if v is not None}
-    # Pass only the options this version of tfvamp.data.load takes.
-    params = inspect.signature(data.load).parameters
-    if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        options = {k: v for k, v in options.items() if k in params}
-    return getattr(data.load(name, batch_size, **options), split)
+    return data.load_split(name, split, batch_size, data_dir=FLAGS.data_dir or config.get("data_dir"),
+                           manual_dir=FLAGS.manual_dir or config.get("manual_dir"))
 
 
 def load_images(path, batch_size):
@@ -129,7 +124,19 @@ def main(argv):
     if FLAGS.benchmark:
         return benchmark()
     if not FLAGS.model_dir:
-        raise app.UsageError("--model_dir is required (or --benchmark).")
+        return console.fail(f"--model_dir is required (or --benchmark). {console.FLAG_HINT}", 2)
+    from tfvamp import data
+    try:
+        evaluate_run()
+    except KeyboardInterrupt:
+        return console.fail("Interrupted; nothing was written.", 130)
+    except (FileNotFoundError, ValueError, data.DataError) as e:
+        return console.fail(str(e), 1)
+    return 0
+
+
+def evaluate_run():
+    """Evaluates --model_dir's weights on a split (or --images) and writes the results."""
     import numpy as np
     import tensorflow as tf
 

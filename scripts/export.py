@@ -13,6 +13,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from tfvamp import console  # noqa: E402
+
+console.quiet()  # before TensorFlow starts
+
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 

@@ -11,7 +11,11 @@ import os
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+
+from tfvamp import console  # noqa: E402
+
+console.quiet()  # before TensorFlow starts
 
 from absl import app, flags, logging  # noqa: E402
 

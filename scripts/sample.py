@@ -8,19 +8,34 @@ function (the same seed always gives the same images) and writes a PNG grid of t
 and optionally the float32 `[N, H, W, C]` array in [0, 1] as a .npy file.
 """
 import math
+import importlib.util
 import os
 
 from absl import app
 from absl import flags
 
+
+def _console():
+    """tfvamp/console.py loaded on its own (not the tfvamp package, which this script never imports)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tfvamp", "console.py")
+    spec = importlib.util.spec_from_file_location("tfvamp_console", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+console = _console()
+console.quiet()  # before TensorFlow starts
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("saved_model", None, "SavedModel directory written by scripts/export.py.")
 flags.DEFINE_integer("num_samples", 64, "Number of images.", lower_bound=1)
-flags.DEFINE_string("output", None, "PNG file for the grid of samples.")
+flags.DEFINE_string("output", None, "PNG file for the grid of samples (default: <saved_model>_samples.png, "
+                    "beside the SavedModel).")
 flags.DEFINE_integer("seed", 0, "Sampling seed (int32); the same seed gives the same images.")
 flags.DEFINE_integer("num_columns", 0, "Columns of the grid (0 = a square grid).", lower_bound=0)
 flags.DEFINE_string("output_npy", None, "Optional .npy file for the images as float32 [N, H, W, C].")
-flags.mark_flags_as_required(["saved_model", "output"])
+flags.mark_flags_as_required(["saved_model"])
 
 
 def image_grid(images, num_columns=0, padding=1):
@@ -43,14 +58,21 @@ def main(argv):
     import numpy as np
     import tensorflow as tf
 
+    if not os.path.exists(os.path.join(FLAGS.saved_model, "saved_model.pb")):
+        return console.fail(f"{FLAGS.saved_model} holds no SavedModel (no saved_model.pb): give the folder "
+                            "written by scripts/export.py or scripts/train.py.")
     served = tf.saved_model.load(FLAGS.saved_model)
     if not hasattr(served, "sample"):
-        raise SystemExit(f"{FLAGS.saved_model} has no sample() function: was it written by scripts/export.py?")
-    images = served.sample(num_samples=tf.constant(FLAGS.num_samples, tf.int64),
-                           seed=tf.constant(FLAGS.seed, tf.int32)).numpy()
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
-    tf.io.write_file(FLAGS.output, tf.io.encode_png(image_grid(images, FLAGS.num_columns)))
-    print(f"{len(images)} samples of shape {list(images.shape[1:])} -> {FLAGS.output}")
+        return console.fail(f"{FLAGS.saved_model} has no sample() function: was it written by scripts/export.py?")
+    try:
+        images = served.sample(num_samples=tf.constant(FLAGS.num_samples, tf.int64),
+                               seed=tf.constant(FLAGS.seed, tf.int32)).numpy()
+    except tf.errors.InvalidArgumentError as e:
+        return console.fail(e.message.split("\n")[0])
+    output = FLAGS.output or os.path.normpath(FLAGS.saved_model) + "_samples.png"
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    tf.io.write_file(output, tf.io.encode_png(image_grid(images, FLAGS.num_columns)))
+    print(f"{len(images)} samples of shape {list(images.shape[1:])} -> {output}")
     if FLAGS.output_npy:
         np.save(FLAGS.output_npy, images)
         print(f"array -> {FLAGS.output_npy}")

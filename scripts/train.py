@@ -13,11 +13,13 @@ import os
 import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from tfvamp import console  # noqa: E402
+
+console.quiet()  # before TensorFlow starts
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
 
 from tfvamp import flags as tflags  # noqa: E402
 
@@ -28,14 +30,13 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments {argv[1:]} (flags are --name=value).")
-    if not FLAGS["verbosity"].present:  # TF and TFDS log every save and shard at INFO; -v 0 shows it
-        logging.set_verbosity(logging.WARNING)
+        return console.fail(f"unexpected arguments {argv[1:]} (flags are --name=value). {console.FLAG_HINT}", 2)
     try:
         config = tflags.config_from_flags(FLAGS)
     except ValueError as e:
-        raise app.UsageError(str(e))
+        return console.fail(f"{e}\n{console.FLAG_HINT}", 2)
     # pylint: disable=import-outside-toplevel
+    from tfvamp import data
     from tfvamp import distribute
     from tfvamp import profiling
     from tfvamp import run
@@ -52,9 +53,12 @@ def main(argv):
         return 0
     try:
         run.run(config, strategy)
-    except training.TrainingDiverged as e:
-        print(f"ERROR: {e}", file=sys.stderr, flush=True)
-        return 1
+    except KeyboardInterrupt:
+        return console.fail("Interrupted before training started; nothing was saved.", 130)
+    except training.TrainingInterrupted as e:
+        return console.fail(str(e), 130)
+    except (training.TrainingDiverged, run.RunError, data.DataError) as e:
+        return console.fail(str(e), 1)
     return 0
 
 

@@ -36,7 +36,7 @@ def test_nan_message_from_the_script_and_exit_status(tmp_path, real_data_dir):
     if result.returncode == 0:  # did not diverge on this machine: nothing to check
         pytest.skip("lr=1e30 did not produce a non-finite loss")
     assert result.returncode == 1, result.stderr[-3000:]
-    assert "ERROR: Training loss is" in result.stderr and "without saving epoch" in result.stderr
+    assert "error: Training loss is" in result.stderr and "without saving epoch" in result.stderr
 
 
 def test_frey_flagfile_end_to_end_two_epochs(tmp_path, real_data_dir):

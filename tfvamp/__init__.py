@@ -6,10 +6,17 @@ Tomczak & Welling, "VAE with a VampPrior", AISTATS 2018.
     model = tfvamp.build_model("hvae", "vampprior", (28, 28, 1), "bernoulli")
     terms = model.loss_terms(images, beta=1.0)       # per-example loss, reconstruction, kl
     ll = model.log_likelihood(images, num_samples=5000)
+
+Importing tfvamp sets TensorFlow's C++ log level to warnings and errors
+(`TF_CPP_MIN_LOG_LEVEL=2`) unless it is set already, so that the import prints nothing.
 """
-from tfvamp.likelihoods import LIKELIHOODS
-from tfvamp.models import MODELS, ConvHVAE, HVAE, PixelHVAE, VAE, build_model
-from tfvamp.priors import PRIORS
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from tfvamp.likelihoods import LIKELIHOODS  # noqa: E402
+from tfvamp.models import MODELS, ConvHVAE, HVAE, PixelHVAE, VAE, build_model  # noqa: E402
+from tfvamp.priors import PRIORS  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["build_model", "VAE", "HVAE", "ConvHVAE", "PixelHVAE", "MODELS", "PRIORS", "LIKELIHOODS"]

@@ -3,15 +3,21 @@
     <model_dir>/config.json      the run's settings (model, prior, likelihood, sizes, dataset...)
     <model_dir>/checkpoints/     every epoch: model, optimizer, epoch, beta, best loss, patience, RNG
     <model_dir>/best/            the weights with the best validation loss so far
-    <model_dir>/results.json     test-set evaluation of the best weights
+    <model_dir>/results.json     training summary, test-set evaluation, where the export is
     <model_dir>/tensorboard/     TensorBoard event files
+    <model_dir>/.lock            while a run uses the directory: its host and process id
 
 Every checkpoint stores the model under the key `model`, so `load_model` can read the
-best weights or any training checkpoint.
+best weights or any training checkpoint. `RunLock` keeps a second process out of a directory
+that a run is using; `remove_leftovers` deletes what a killed run left half-written.
 """
+import datetime
+import glob
 import json
 import math
 import os
+import shutil
+import socket
 
 import numpy as np
 import tensorflow as tf
@@ -23,6 +29,7 @@ CHECKPOINT_DIR = "checkpoints"
 BEST_DIR = "best"
 RESULTS_FILE = "results.json"
 TENSORBOARD_DIR = "tensorboard"
+LOCK_FILE = ".lock"
 
 # The config keys build_model reads; everything else in config.json is for the record.
 MODEL_KEYS = ("model", "prior", "likelihood", "input_shape", "num_components", "z1_size", "z2_size",
@@ -171,3 +178,104 @@ def load_model(model_dir, which="best", compute_dtype=None):
     model = model_from_config(config)
     tf.train.Checkpoint(model=model).restore(path).expect_partial().assert_existing_objects_matched()
     return model, config
+
+
+class RunDirectoryBusy(RuntimeError):
+    """Another live process holds the run directory's lock."""
+
+
+def _process_alive(pid):
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+class RunLock:
+    """An exclusive lock on a run directory: `<model_dir>/.lock` holds the owner's host and pid.
+
+    Taken with `O_EXCL`, so two processes cannot both get it; released (the file removed) on
+    `release` or when the `with` block ends, however it ends. A lock left by a process that is
+    gone (same host, pid not running) is stale and taken over. A lock from another host cannot
+    be checked, so it is honoured; the message says how to clear it.
+    """
+
+    def __init__(self, model_dir):
+        self.path = os.path.join(model_dir, LOCK_FILE)
+        self.held = False
+
+    def acquire(self):
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        owner = {"host": socket.gethostname(), "pid": os.getpid(),
+                 "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                self._check_owner()  # raises unless the old lock is stale (and then removes it)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(owner, f)
+            self.held = True
+            return self
+        raise RunDirectoryBusy(f"Could not lock {os.path.dirname(self.path)}: another process keeps taking it.")
+
+    def _check_owner(self):
+        try:
+            with open(self.path) as f:
+                owner = json.load(f)
+        except (OSError, json.JSONDecodeError):
+            owner = {}
+        host, pid = owner.get("host"), owner.get("pid")
+        if host == socket.gethostname() and pid is not None and not _process_alive(pid):
+            os.remove(self.path)  # stale: its process is gone
+            return
+        if not owner:  # being written right now, or garbage: leave it to the next attempt
+            raise RunDirectoryBusy(f"{os.path.dirname(self.path)} is locked ({self.path} is unreadable). If no "
+                                   f"run uses it, delete {self.path}.")
+        raise RunDirectoryBusy(
+            f"{os.path.dirname(self.path)} is in use by process {pid} on {host} (since {owner.get('started')}). "
+            "Wait for that run to finish, or use another --model_dir. If that process is gone, delete "
+            f"{self.path}.")
+
+    def release(self):
+        if self.held:
+            self.held = False
+            try:
+                os.remove(self.path)
+            except FileNotFoundError:
+                pass
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+        return False
+
+
+def remove_leftovers(model_dir):
+    """Deletes what a killed run left half-written in `model_dir`: checkpoint `*_temp*` folders
+    (TensorFlow writes a checkpoint there, then renames it). Returns the paths removed."""
+    removed = []
+    for sub in (CHECKPOINT_DIR, BEST_DIR):
+        for path in glob.glob(os.path.join(model_dir, sub, "*_temp*")):
+            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+            removed.append(path)
+    return removed
+
+
+def check_writable(directory, what, fix):
+    """Raises OSError naming `what`, the folder and `fix` unless files can be written in it."""
+    directory = os.path.abspath(os.fspath(directory))
+    probe = os.path.join(directory, f".tfvamp_write_test_{os.getpid()}")
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise OSError(f"Cannot write {what} to {directory}: {e.strerror or e}. {fix}") from None

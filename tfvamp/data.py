@@ -179,6 +179,17 @@ def load(name: str, batch_size: int, *, eval_batch_size: int | None = None, data
                   evaluation("test"), info, epochs)
 
 
+def load_split(name: str, split: str, batch_size: int, *, data_dir=None, manual_dir=None) -> tf.data.Dataset:
+    """One evaluation split (`validation` or `test`) as batches, preprocessed as in `load`, without
+    building the others (for evaluating a trained model)."""
+    get_info(name)
+    if split not in ("validation", "test"):
+        raise ValueError(f"load_split takes 'validation' or 'test', got {split!r}; training batches come from load.")
+    x = _preprocessed(_prepared_builder(name, data_dir, manual_dir), name, split)
+    batch_size = _positive_int("batch_size", batch_size)
+    return tf.data.Dataset.from_tensor_slices(x).batch(batch_size).prefetch(2).with_options(_OPTIONS)
+
+
 def as_numpy(name: str, split: str, *, data_dir=None, manual_dir=None, seed: int = 0) -> np.ndarray:
     """One whole split as float32 [N, H, W, 1] in [0, 1], preprocessed as in `load`.
 
@@ -281,6 +292,7 @@ def _builder(name: str, data_dir):
 def _prepare(builder, manual_dir, overwrite: bool = False) -> None:
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
+    _remove_incomplete(builder)
     mode = (tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if overwrite
             else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
     config = tfds.download.DownloadConfig(
@@ -291,6 +303,17 @@ def _prepare(builder, manual_dir, overwrite: bool = False) -> None:
     except DataError as e:
         # Re-raise from here: the message says it all, the frames inside TFDS would not help.
         raise type(e)(str(e)) from None
+
+
+def _remove_incomplete(builder) -> None:
+    """Deletes the `incomplete.*` folders a killed build left (TFDS renames a build into place
+    only when it succeeds, so they are never read, only in the way)."""
+    import shutil  # pylint: disable=import-outside-toplevel
+
+    folder = builder.data_dir_root / builder.name
+    for pattern in ("incomplete.*", "*.incomplete*"):
+        for path in folder.glob(pattern):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _is_prepared(builder) -> bool:

@@ -45,6 +45,7 @@ The dtype is fixed by the signatures (float32 images, int32 counts): NumPy array
 lists are converted, a tensor of another dtype is refused by TensorFlow with a `TypeError`
 ("Can not cast TensorSpec(... dtype=tf.float64 ...) to TensorSpec(... dtype=tf.float32 ...)").
 """
+import glob
 import json
 import os
 import shutil
@@ -205,15 +206,7 @@ def check_writable(export_dir):
     """Raises OSError (naming the folder and the fix) unless `export_dir` could be written:
     checked before training, so that a bad --export_dir does not fail after hours."""
     parent = os.path.dirname(os.path.abspath(os.fspath(export_dir)))
-    try:
-        os.makedirs(parent, exist_ok=True)
-        probe = os.path.join(parent, f".tfvamp_write_test_{os.getpid()}")
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
-    except OSError as e:
-        raise OSError(f"Cannot write the SavedModel to {export_dir}: {parent} is not writable "
-                      f"({e.strerror or e}). Choose another --export_dir, or --noexport.") from None
+    checkpointing.check_writable(parent, f"the SavedModel {export_dir}", "Choose another --export_dir, or --noexport.")
 
 
 def export_saved_model(model, export_dir, config=None, max_samples=MAX_SAMPLES,
@@ -236,8 +229,9 @@ def export_saved_model(model, export_dir, config=None, max_samples=MAX_SAMPLES,
     """
     export_dir = os.fspath(export_dir).rstrip(os.sep)
     served = ServedModel(model, config, max_samples, max_importance_samples)
+    for stale in glob.glob(glob.escape(export_dir) + ".incomplete-*"):  # left by a killed export
+        shutil.rmtree(stale, ignore_errors=True)
     temporary = f"{export_dir}.incomplete-{os.getpid()}"
-    shutil.rmtree(temporary, ignore_errors=True)
     tf.saved_model.save(served, temporary, signatures=served.serving_signatures())
     checkpointing.write_json(os.path.join(temporary, "assets.extra", CONFIG_FILE), config or model.get_config())
     previous = f"{export_dir}.previous-{os.getpid()}"

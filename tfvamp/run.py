@@ -11,8 +11,10 @@ finished goes on with whatever step did not complete (evaluation, export). Its r
 weights) and `saved_model` (where the export is), written once at the end of the run through
 `checkpointing.update_results`.
 """
+import contextlib
 import json
 import os
+import shutil
 
 import tensorflow as tf
 
@@ -22,6 +24,10 @@ from tfvamp import evaluation
 from tfvamp import export
 from tfvamp import priors
 from tfvamp import training
+
+
+class RunError(RuntimeError):
+    """A run cannot start: the message names the problem and the fix."""
 
 
 def check_resume(model_dir, config):
@@ -35,8 +41,8 @@ def check_resume(model_dir, config):
             if json.loads(json.dumps(old.get(k))) != json.loads(json.dumps(config.get(k)))}
     if diff:
         changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items()))
-        raise ValueError(f"{model_dir} holds a run with different settings ({changes}). Use a new --model_dir "
-                         "for a new run; the same settings resume the old one.")
+        raise RunError(f"{model_dir} holds a run with different settings ({changes}). Use a new --model_dir "
+                       "for a new run; the same settings resume the old one.")
 
 
 def load_data(config):
@@ -114,18 +120,61 @@ def _finish(config, splits, summary):
                   flush=True)
         return sections
     model, _ = checkpointing.load_model(model_dir, "best")  # once, for both steps
+    try:
+        _evaluate_and_export(model, config, splits, summary, pending, sections)
+    except KeyboardInterrupt:
+        steps = " and ".join({"evaluate": "the test-set evaluation", "export": "the export"}[p] for p in pending)
+        raise training.TrainingInterrupted(
+            f"Interrupted during {steps}, after training; re-run the same command to finish (training is "
+            "complete and will not run again).") from None
+    return sections
+
+
+def _evaluate_and_export(model, config, splits, summary, pending, sections):
+    """Each step's section goes into results.json as soon as it is done: a run killed during
+    the export does not evaluate again when re-run."""
     if "evaluate" in pending:
         num_test = (getattr(getattr(splits, "info", None), "num_examples", None) or {}).get("test")
         test = sections["test"] = evaluate_best(model, config, splits.test, summary, num_test)
         gray = f", {test['bits_per_dim']:.4f} bits/dim" if isinstance(test.get("bits_per_dim"), float) else ""
         print(f"Test log-likelihood of the best model (epoch {summary['best_epoch']}): "
               f"{test['log_likelihood']:.4f} nats{gray}; ELBO {test['elbo']:.4f}.", flush=True)
+        checkpointing.update_results(config["model_dir"], sections)
     if "export" in pending:
         sections["saved_model"] = export.export_saved_model(
             model, config["export_dir"], config=config, max_samples=config["export_max_samples"],
             max_importance_samples=config["export_max_importance_samples"])
         print(f"SavedModel of the best model: {sections['saved_model']}", flush=True)
-    return sections
+
+
+def _check_writable(config, is_chief):
+    """Before anything else, that the run's outputs can be written (not after hours of training)."""
+    if not is_chief:
+        return
+    try:  # the export's folder first: checking the run's creates model_dir
+        if config["export"]:
+            export.check_writable(config["export_dir"])
+        checkpointing.check_writable(config["model_dir"], "the run", "Choose another --model_dir.")
+    except OSError as e:
+        raise RunError(str(e)) from None
+
+
+@contextlib.contextmanager
+def _run_directory(model_dir, is_chief):
+    """Holds the run directory's lock (chief only) and cleans a killed run's leftovers; a
+    directory this run created is removed again if nothing was written into it."""
+    created = not os.path.exists(model_dir)
+    lock = checkpointing.RunLock(model_dir) if is_chief else contextlib.nullcontext()
+    try:
+        with lock:
+            for path in checkpointing.remove_leftovers(model_dir):
+                print(f"Removed {path}, left by a run that was killed while saving.", flush=True)
+            yield
+    except checkpointing.RunDirectoryBusy as e:
+        raise RunError(str(e)) from None
+    finally:
+        if created and is_chief and os.path.isdir(model_dir) and not os.listdir(model_dir):
+            shutil.rmtree(model_dir, ignore_errors=True)
 
 
 def run(config, strategy=None, splits=None, pseudo_inputs_data=None):
@@ -141,18 +190,23 @@ def run(config, strategy=None, splits=None, pseudo_inputs_data=None):
     model_dir = config["model_dir"]
     is_chief = distribute.task_info(strategy)[2]
     check_resume(model_dir, config)
-    if is_chief:
-        checkpointing.save_config(model_dir, config)
-    if splits is None:
-        splits, loaded = load_data(config)
-        pseudo_inputs_data = loaded if pseudo_inputs_data is None else pseudo_inputs_data
-    trainer = training.Trainer(config, strategy, pseudo_inputs_data)
-    print(f"Training {config['model']} + {config['prior']} on {config['dataset']} with "
-          f"{type(strategy).__name__} ({trainer.num_replicas} replica(s){', XLA' if trainer.jit_compile else ''}) "
-          f"into {model_dir}", flush=True)
-    summary = trainer.fit(splits)
-    results = {"training": summary}
-    if is_chief:
-        results = checkpointing.update_results(model_dir, _finish(config, splits, summary))
+    _check_writable(config, is_chief)
+    with _run_directory(model_dir, is_chief):
+        try:
+            if splits is None:
+                splits, loaded = load_data(config)
+                pseudo_inputs_data = loaded if pseudo_inputs_data is None else pseudo_inputs_data
+        except KeyboardInterrupt:
+            raise training.TrainingInterrupted("Interrupted while loading the data; nothing was saved.") from None
+        if is_chief:  # only once the data is there: a failed start leaves no config behind
+            checkpointing.save_config(model_dir, config)
+        trainer = training.Trainer(config, strategy, pseudo_inputs_data)
+        print(f"Training {config['model']} + {config['prior']} on {config['dataset']} with "
+              f"{type(strategy).__name__} ({trainer.num_replicas} replica(s)"
+              f"{', XLA' if trainer.jit_compile else ''}) into {model_dir}", flush=True)
+        summary = trainer.fit(splits)
+        results = {"training": summary}
+        if is_chief:
+            results = checkpointing.update_results(model_dir, _finish(config, splits, summary))
     trainer.agree([0.0])  # workers wait for the chief
     return results

@@ -45,8 +45,18 @@ STOP_REASONS = ("running", "max_epochs", "early_stopping", "nan_validation_loss"
 _NOISE_STREAM, _VALIDATION_STREAM, _IMAGE_STREAM = 0x5EED, 0xE7A1, 0x1A6E
 
 
+# A validation loss this many times the loss of a model that ignores the data (every pixel
+# uniform) means training has diverged: no sane run comes near it.
+DIVERGENCE_FACTOR = 100.0
+
+
 class TrainingDiverged(RuntimeError):
-    """The training loss became NaN or infinite; nothing of that epoch was saved."""
+    """The training loss became NaN or infinite, or the validation loss exploded; nothing of that
+    epoch was saved."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """Ctrl-C (SIGINT) stopped the run; the message says where it will resume."""
 
 
 # ---- schedule ---------------------------------------------------------------------------------
@@ -466,6 +476,7 @@ class Trainer:
         batches = iter(epoch_stream(splits, start_epoch, steps))
         validation_images = self._validation_images(splits)
         reason, clock = "max_epochs", (time.perf_counter(), start_epoch)
+        epoch = start_epoch
         try:
             for epoch in range(start_epoch, epochs + 1):
                 stop, why = self._run_epoch(epoch, batches, steps, splits.validation, writer, validation_images,
@@ -474,6 +485,9 @@ class Trainer:
                     reason = why
                     print(f"Stopping after epoch {epoch}: {reason.replace('_', ' ')}.", flush=True)
                     break
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(f"Interrupted in epoch {epoch}; re-run the same command to resume from epoch "
+                                      f"{int(self.epoch.numpy()) + 1}.") from None
         finally:
             writer.close()
         return self.summary(reason)
@@ -493,6 +507,7 @@ class Trainer:
                 + (f"the best weights are in {self.best_dir}. " if best else "there are no best weights yet. ")
                 + "Try a lower --lr, or check the data for NaNs.")
         val = self.agree(self.evaluate_elbo(validation))
+        self._check_divergence(epoch, val[0])
         improved, stop, why = self.early_stopping.update(epoch, val[0])
         if improved:
             self.save_best(epoch, val[0])
@@ -510,6 +525,23 @@ class Trainer:
         writer.flush()
         self._print_status(epoch, train, val, improved, clock)
         return stop, why
+
+    def divergence_bound(self):
+        """The validation loss past which training has diverged: DIVERGENCE_FACTOR times the loss
+        of the uniform model (log 2 nats per binary pixel, log 256 per 8-bit one)."""
+        pixels = int(np.prod(self.model.image_shape))
+        per_pixel = math.log(2.0) if self.model.likelihood_name == "bernoulli" else math.log(256.0)
+        return DIVERGENCE_FACTOR * pixels * per_pixel
+
+    def _check_divergence(self, epoch, val_loss):
+        bound = self.divergence_bound()
+        if math.isfinite(val_loss) and val_loss > bound:
+            last = tf.train.latest_checkpoint(self.checkpoint_dir)
+            raise TrainingDiverged(
+                f"Validation loss {val_loss:.4g} in epoch {epoch} is more than {DIVERGENCE_FACTOR:g} times the loss "
+                f"of a model that ignores the data ({bound / DIVERGENCE_FACTOR:.4g} nats): training diverged. "
+                f"Stopped without saving epoch {epoch}; the last good checkpoint is {last or 'none'}. "
+                f"Re-run with a smaller --lr (e.g. {float(self.config['lr']) / 10:g}) and a new --model_dir.")
 
     def _print_status(self, epoch, train, val, improved, clock):
         """The whole run on one line: epoch/max, beta, losses, best epoch, patience, time."""
