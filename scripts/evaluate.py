@@ -52,6 +52,8 @@ flags.DEFINE_integer("num_pictures", 64, "Samples drawn from the model for the p
                      "PixelHVAE samples pixel by pixel and is slow on CPU).")
 flags.DEFINE_integer("num_reconstructions", 32, "Test images shown next to their reconstructions.")
 flags.DEFINE_integer("num_pseudo_inputs", 8, "Pseudo-inputs to generate from (VampPrior priors).")
+flags.DEFINE_integer("picture_scale", 0, "Enlargement of every tile (0 = a tile at least 56 px high).",
+                     lower_bound=0)
 flags.DEFINE_integer("samples_per_pseudo_input", 8, "Images generated from each chosen pseudo-input.")
 flags.DEFINE_integer("seed", 0, "Seed of the importance samples (batch i uses seed + i), the pictures' "
                      "samples and the choice of pseudo-inputs: the same command gives the same numbers.")
@@ -173,10 +175,15 @@ def evaluate_run():
         originals = evaluation.pick_images(dataset, FLAGS.num_reconstructions, summary["num_examples"], FLAGS.seed)
         paths = evaluation.write_pictures(
             model, originals, os.path.join(model_dir, "pictures"),
-            log_likelihoods=per_example["log_likelihood"], writer=writer, step=0,
-            num_samples=FLAGS.num_pictures, num_reconstructions=FLAGS.num_reconstructions,
+            log_likelihoods=per_example["log_likelihood"], usage=per_example.get("component_usage"), writer=writer,
+            step=0, num_samples=FLAGS.num_pictures, num_reconstructions=FLAGS.num_reconstructions,
             num_pseudo_inputs=FLAGS.num_pseudo_inputs, samples_per_pseudo_input=FLAGS.samples_per_pseudo_input,
-            seed=FLAGS.seed, prefix=prefix)
+            seed=FLAGS.seed, scale=FLAGS.picture_scale or None, prefix=prefix)
+        limit = evaluation.PROJECTOR_MAX_IMAGES
+        images = np.concatenate([x.numpy() for x in dataset.unbatch().take(limit).batch(1000)])
+        paths["projector"] = evaluation.write_projector(
+            os.path.join(model_dir, checkpointing.TENSORBOARD_DIR, "eval"),
+            per_example[f"{model.top_latent_name}_mean"][:limit], images, per_example["log_likelihood"][:limit])
         for name, path in paths.items():
             print(f"{name:>24}: {path}")
     print(json.dumps({split: summary}, indent=2, sort_keys=True))

@@ -211,34 +211,100 @@ def _event_tags(directory):
     return tags
 
 
+def _tiles(picture, count, height, width, columns, scale=1, padding=1):
+    """The `count` tiles of an image grid, row-major, each `[scale H, scale W, C]`."""
+    h, w = scale * height, scale * width
+    tiles = []
+    for i in range(count):
+        r, c = divmod(i, columns)
+        top, left = padding + r * (h + padding), padding + c * (w + padding)
+        tiles.append(picture[top:top + h, left:left + w])
+    return np.stack(tiles)
+
+
 def test_pictures_as_png_and_tensorboard(trained, data, tmp_path):
     model = trained["hvae"]
     ll = np.random.default_rng(0).normal(-60, 3, 100)
     writer = tf.summary.create_file_writer(str(tmp_path / "tb"))
-    paths = evaluation.write_pictures(model, data[:6], str(tmp_path / "pictures"), log_likelihoods=ll,
-                                      writer=writer, num_samples=9, num_reconstructions=6,
-                                      num_pseudo_inputs=3, samples_per_pseudo_input=4, prefix="eval")
-    names = {"samples", "reconstructions", "pseudo_inputs", "pseudo_input_samples", "log_likelihood_histogram"}
+    usage = np.array([0.05, 0.3, 0.0, 0.5, 0.1, 0.02, 0.02, 0.01])
+    paths = evaluation.write_pictures(model, data[:6], str(tmp_path / "pictures"), log_likelihoods=ll, usage=usage,
+                                      writer=writer, num_samples=9, num_reconstructions=6, num_pseudo_inputs=3,
+                                      samples_per_pseudo_input=4, interpolation_steps=5, prefix="eval")
+    names = {"samples", "reconstructions", "pseudo_inputs", "pseudo_input_samples", "log_likelihood_histogram",
+             "interpolations", "pseudo_input_interpolations"}
     assert set(paths) == names
-    side = SHAPE[0] + 1  # an image and its 1-pixel gap
+    scale = 7  # the default: 8-pixel tiles enlarged to at least 56 pixels
+    side = scale * SHAPE[0] + 1  # an image and its 1-pixel gap
     expected = {"samples": (3 * side + 1, 3 * side + 1, 1),
                 "reconstructions": (2 * side + 1, 6 * side + 1, 1),  # 6 pairs, 3 pairs per row
                 "pseudo_input_samples": (3 * side + 1, 5 * side + 1, 1),  # u_k then 4 samples, per row
-                "pseudo_inputs": (3 * side + 1, 3 * side + 1, 1)}  # all K = 8 in a 3 x 3 grid
+                "pseudo_inputs": (3 * side + 1, 3 * side + 1, 1),  # all K = 8 in a 3 x 3 grid
+                "interpolations": (3 * side + 1, 5 * side + 1, 1),  # 3 pairs of the 6 images, 5 steps
+                "pseudo_input_interpolations": (2 * side + 1, 5 * side + 1, 1)}  # 3 heaviest: 2 lines
     for name, path in paths.items():
         assert path == str(tmp_path / "pictures" / f"{name}.png")
-        with open(path, "rb") as f:
-            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
         picture = tf.io.decode_png(tf.io.read_file(path)).numpy()
         if name in expected:
             assert picture.shape == expected[name], name
         else:
             assert picture.ndim == 3 and picture.shape[-1] == 3 and picture.min() < 128  # something drawn
     # Reconstructions sit next to their originals: column 0 of the grid is the first original.
-    recon_grid = tf.io.decode_png(tf.io.read_file(paths["reconstructions"])).numpy()[1:1 + SHAPE[0], 1:1 + SHAPE[1]]
-    np.testing.assert_array_equal(recon_grid, np.round(data[0] * 255).astype(np.uint8))
+    recon = tf.io.decode_png(tf.io.read_file(paths["reconstructions"])).numpy()
+    first = _tiles(recon, 1, SHAPE[0], SHAPE[1], 6, scale)[0]
+    np.testing.assert_array_equal(first, np.round(data[0] * 255).astype(np.uint8).repeat(scale, 0).repeat(scale, 1))
+    # Pseudo-inputs heaviest first: usage order 3, 1, 4, 0, 5, 6, 7, 2.
+    u = np.round(model.prior_layer.pseudo_inputs().numpy() * 255).astype(np.uint8)
+    grid = tf.io.decode_png(tf.io.read_file(paths["pseudo_inputs"])).numpy()
+    shown = _tiles(grid, 8, SHAPE[0], SHAPE[1], 3, scale)[:, ::scale, ::scale]
+    np.testing.assert_array_equal(shown, u[[3, 1, 4, 0, 5, 6, 7, 2]])
+    # Interpolations start and end at the decoded posterior means of the two images.
+    lines = evaluation.interpolations(model, *np.split(model.encode_top(tf.constant(data[:2]))[0].numpy(), 2), 5)
+    np.testing.assert_allclose(lines[0, 0], evaluation.interpolations(
+        model, model.encode_top(tf.constant(data[:1]))[0].numpy(), model.encode_top(tf.constant(data[:1]))[0].numpy(),
+        2)[0, 0], atol=1e-6)
     tags = _event_tags(str(tmp_path / "tb"))
     assert {f"eval/{n}" for n in names} | {"eval/per_example_log_likelihood"} <= tags
+
+
+def test_component_usage_against_numpy(trained, data):
+    """The prior's average responsibility per component against NumPy's mixture on the same
+    latent points, and the count of components carrying 99% of it."""
+    from scipy.special import softmax
+    from scipy.stats import norm
+
+    model = trained["vae"]
+    codes = model.encode(data[:64])["z_mean"].numpy().astype(np.float64)
+    prior = model.prior()
+    means, logvars = prior.means.numpy().astype(np.float64), prior.logvars.numpy().astype(np.float64)
+    log_components = norm.logpdf(codes[:, None], means[None], np.exp(0.5 * logvars)[None]).sum(-1) - np.log(len(means))
+    expected = softmax(log_components, -1).mean(0)
+    usage = evaluation.component_usage(model, codes)
+    np.testing.assert_allclose(usage, expected, atol=1e-5)
+    ordered = np.sort(expected)[::-1]
+    assert evaluation.components_in_use(usage) == int(np.argmax(np.cumsum(ordered) >= 0.99 * ordered.sum()) + 1)
+    assert evaluation.components_in_use([0.5, 0.495, 0.004, 0.001]) == 2
+    assert evaluation.components_in_use([0.25] * 4) == 4
+    standard = tfvamp.build_model("vae", "standard", SHAPE, "bernoulli", z1_size=4)
+    assert evaluation.component_usage(standard, codes) is None
+
+
+def test_projector_files_load_with_tensorboards_reader(trained, data, tmp_path):
+    from google.protobuf import text_format
+    from tensorboard.plugins.projector import projector_config_pb2
+
+    codes = trained["vae"].encode(data[:30])["z_mean"].numpy()
+    ll = np.linspace(-80, -60, 30)
+    path = evaluation.write_projector(str(tmp_path), codes, data[:30], ll)
+    config = text_format.Parse(open(path).read(), projector_config_pb2.ProjectorConfig())
+    (embedding,) = config.embeddings
+    checkpoint = tf.train.latest_checkpoint(str(tmp_path))
+    np.testing.assert_array_equal(tf.train.load_variable(checkpoint, embedding.tensor_name), codes)
+    rows = (tmp_path / embedding.metadata_path).read_text().splitlines()
+    assert rows[0] == "index\tlog_likelihood" and len(rows) == 31 and rows[1] == "0\t-80.00"
+    sprite = tf.io.decode_png(tf.io.read_file(str(tmp_path / embedding.sprite.image_path))).numpy()
+    assert list(embedding.sprite.single_image_dim) == [SHAPE[1], SHAPE[0]]
+    assert sprite.shape == (6 * SHAPE[0], 6 * SHAPE[1], 3)  # ceil(sqrt(30)) = 6 per row
+    np.testing.assert_array_equal(sprite[:SHAPE[0], SHAPE[1]:2 * SHAPE[1], 0], np.round(data[1, ..., 0] * 255))
 
 
 def test_evaluate_script(trained, data, tmp_path):
@@ -273,7 +339,9 @@ def test_evaluate_script(trained, data, tmp_path):
     assert test["log_likelihood"] == pytest.approx(arrays["log_likelihood"].mean())
     pngs = {os.path.basename(p) for p in glob.glob(str(run / "pictures" / "*.png"))}
     assert pngs == {"samples.png", "reconstructions.png", "pseudo_inputs.png", "pseudo_input_samples.png",
-                    "log_likelihood_histogram.png"}
+                    "log_likelihood_histogram.png", "interpolations.png", "pseudo_input_interpolations.png"}
+    assert 1 <= test["components_in_use"] <= 8
+    assert (run / "tensorboard" / "eval" / "projector_config.pbtxt").exists()
     tags = _event_tags(str(run / "tensorboard" / "eval"))
     assert {"eval_test/log_likelihood", "eval_test/elbo", "eval_test/active_units_z",
             "eval_test/samples", "eval_test/log_likelihood_histogram", "eval_test/per_example_log_likelihood"} <= tags

@@ -31,8 +31,8 @@ def test_flags_are_validated_with_clear_messages(tmp_path):
 
     assert "K (--num_components) must be an integer >= 1, got 0" in error(num_components=0)
     assert "unknown prior 'vampire'" in error(prior="vampire")
-    tiny = Info("frey_faces", (3, 3, 1), "discretized_logistic", 0.5, 0.02, GRAY_INFO.num_examples, False)
-    assert "--model=convhvae needs images of at least 4x4" in error(model="convhvae", info=tiny)
+    tiny = Info("frey_faces", (2, 2, 1), "discretized_logistic", 0.5, 0.02, GRAY_INFO.num_examples, False)
+    assert "--model=convhvae needs images of at least 3x3" in error(model="convhvae", info=tiny)
     assert "--likelihood=bernoulli cannot model frey_faces" in error(likelihood="bernoulli")
     assert "--batch_size=100 exceeds the 40 training images" in error()
     assert "only 40" in error(prior="vampprior_data", batch_size=10)
@@ -83,4 +83,4 @@ def test_every_paper_experiment_has_a_flagfile_with_the_papers_hyperparameters()
         ("frey_faces", "hvae", "vampprior", "discretized_logistic", [28, 20, 1])
     quick = parse_flagfiles("configs/frey.cfg", "configs/quick.cfg")
     assert (quick["model"], quick["epochs"], quick["max_steps_per_epoch"], quick["model_dir"]) == \
-        ("hvae", 2, 5, "runs/quick")
+        ("hvae", 2, 5, "runs/quick/frey_faces_hvae_vampprior")

@@ -1,24 +1,32 @@
-"""Input pipeline: the paper's splits as `tf.data` datasets, plus per-dataset metadata.
+"""Input pipeline: a dataset's splits as `tf.data` datasets, plus what the models need to know.
 
     splits = tfvamp.data.load("dynamic_mnist", batch_size=100, seed=0)
     for x in splits.train:      # float32 [100, 28, 28, 1] in {0, 1}, re-binarised every batch
         ...
     splits.info.likelihood      # 'bernoulli'
 
-Preprocessing (docs/paper_details.md section 6), from the images the TFDS builders store (`tfvamp.datasets`):
+A dataset is one of the six paper datasets (`NAMES`, read from their original files by the
+TFDS builders of `tfvamp.datasets`), or your own images (`tfvamp.image_sources`):
+`folder:PATH`, `array:PATH`, `tfds:NAME[/CONFIG]`, or `from_array(images)` in Python.
+
+Preprocessing (docs/paper_details.md section 6; the table is `tfvamp.datasets.facts`):
   static_mnist, caltech101_silhouettes  0/1 as stored
   dynamic_mnist                         x / 255, then binarised (below)
   omniglot                              grey in [0, 1] as stored, then binarised (below)
   frey_faces                            (x + 0.5) / 256 of the raw uint8 pixels
   histopathology                        clipped to [1/512, 1 - 1/512]
-Binarisation of dynamic_mnist and omniglot: pixel ~ Bernoulli(grey).
+  your 8-bit images                     (x + 0.5) / 256, per channel (as Frey)
+  your binary images                    0/1 as given
+Binarisation (dynamic_mnist, omniglot, and --binarize=dynamic): pixel ~ Bernoulli(grey).
   * train: re-drawn for every batch of every epoch, reproducible from `seed`.
   * validation / test: drawn once with the fixed EVAL_BINARIZATION_SEED, the same for every run
     and every `seed`, so that all runs are evaluated on the same images. It is the release's
     procedure (np.random.seed(777); binomial(1, x_val); binomial(1, x_test)), which gives
     dynamic MNIST the release's validation and test images bit for bit.
+--binarize=static binarises every split once, with that seed.
 
-Only this module and `tfvamp.datasets` touch files; `get_info` does no I/O.
+Only this module, `tfvamp.image_sources` and `tfvamp.datasets` touch files; `get_info` of a
+paper dataset does no I/O (of your own images, it reads them, once per process).
 """
 from __future__ import annotations
 
@@ -30,34 +38,36 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 import tensorflow as tf
 
+from tfvamp import image_sources
 from tfvamp.datasets.errors import DataError  # re-exported: tfvamp.data.DataError
+from tfvamp.datasets.facts import MANUAL_DIR_ENV, PAPER_DATASETS, SPLITS
+from tfvamp.image_sources import SourceOptions
 
-SPLITS = ("train", "validation", "test")
 EVAL_BINARIZATION_SEED = 777
-MANUAL_DIR_ENV = "TFVAMP_MANUAL_DIR"
-
 # tf.data's autotuner makes tearing down an iterator wait on its timer (up to seconds at the end
 # of an epoch, docs/benchmarks.md); these pipelines are too simple to need tuning.
 _OPTIONS = tf.data.Options()
 _OPTIONS.autotune.enabled = False
 
-__all__ = ["DataError", "DatasetInfo", "Splits", "get_info", "load", "as_numpy", "prepare",
-           "available", "NAMES", "SPLITS", "EVAL_BINARIZATION_SEED"]
+__all__ = ["DataError", "DatasetInfo", "Splits", "SourceOptions", "get_info", "load", "load_split", "from_array",
+           "as_numpy", "prepare", "available", "NAMES", "SPLITS", "EVAL_BINARIZATION_SEED", "MANUAL_DIR_ENV"]
 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
-    """What the models and the training code need to know about a dataset (no I/O).
+    """What the models and the training code need to know about a dataset.
 
     Attributes:
-      name: short name, e.g. 'static_mnist'.
-      input_shape: (H, W, 1).
-      likelihood: 'bernoulli' (binary data) or 'discretized_logistic' (grey data).
+      name: 'static_mnist', ..., or the source spec ('folder:images/', 'array:x.npz', ...).
+      input_shape: (H, W, C).
+      likelihood: 'bernoulli' (binary data) or 'discretized_logistic' (8-bit data).
       pseudo_inputs_mean, pseudo_inputs_std: N(mean, std) initialisation of VampPrior
-        pseudo-inputs (docs/paper_details.md section 2).
-      num_examples: {'train': N, 'validation': N, 'test': N}, the paper's split sizes.
+        pseudo-inputs (docs/paper_details.md section 2; for your images, from their pixels).
+      num_examples: {'train': N, 'validation': N, 'test': N}.
       dynamic_binarization: True when training images are re-binarised every batch.
-      builder_name: the TFDS builder, e.g. 'tfvamp_static_mnist'.
+      builder_name: the TFDS builder of a paper dataset, e.g. 'tfvamp_static_mnist' (None for yours).
+      pixels: how stored pixels become what the model sees (`tfvamp.datasets.facts.PIXELS`).
+      carved: the splits cut from the training images (your images without their own).
     """
 
     name: str
@@ -67,39 +77,51 @@ class DatasetInfo:
     pseudo_inputs_std: float
     num_examples: dict
     dynamic_binarization: bool
-    builder_name: str
+    builder_name: str | None
+    pixels: str = "binary"
+    carved: tuple = ()
 
     @property
     def num_pixels(self) -> int:
-        """D = H * W (one channel)."""
+        """D = H * W * C."""
         return int(np.prod(self.input_shape))
 
 
-def _info(name, shape, likelihood, mean, std, sizes, dynamic):
-    return DatasetInfo(name, shape, likelihood, mean, std, dict(zip(SPLITS, sizes)), dynamic,
-                       f"tfvamp_{name}")
+NAMES = tuple(PAPER_DATASETS)
+_INFOS = {name: DatasetInfo(name, f.input_shape, f.likelihood, f.pseudo_inputs_mean, f.pseudo_inputs_std,
+                            dict(zip(SPLITS, f.sizes)), f.dynamic_binarization, f"tfvamp_{name}", f.pixels)
+          for name, f in PAPER_DATASETS.items()}
 
 
-_INFOS = {i.name: i for i in (
-    _info("static_mnist", (28, 28, 1), "bernoulli", 0.05, 0.01, (50000, 10000, 10000), False),
-    _info("dynamic_mnist", (28, 28, 1), "bernoulli", 0.05, 0.01, (50000, 10000, 10000), True),
-    _info("omniglot", (28, 28, 1), "bernoulli", 0.05, 0.01, (23000, 1345, 8070), True),
-    _info("caltech101_silhouettes", (28, 28, 1), "bernoulli", 0.5, 0.02, (4100, 2264, 2307), False),
-    _info("frey_faces", (28, 20, 1), "discretized_logistic", 0.5, 0.02, (1565, 200, 200), False),
-    _info("histopathology", (28, 28, 1), "discretized_logistic", 0.4, 0.05, (6800, 2000, 2000), False),
-)}
-NAMES = tuple(_INFOS)
+def get_info(name: str, options: SourceOptions | None = None) -> DatasetInfo:
+    """What the models need to know about dataset `name`: a paper dataset (no I/O) or a source
+    spec (`folder:`, `array:`, `tfds:`; reads the images, once per process, with `options`).
+    Raises ValueError for an unknown name, DataError for unreadable images."""
+    if name in _INFOS:
+        if options is not None and options != SourceOptions(data_dir=options.data_dir):
+            raise ValueError(f"{name} is read as the paper does; --channels, --image_size, --binarize and the "
+                             "split fractions are for your own images (folder:, array:, tfds:).")
+        return _INFOS[name]
+    if image_sources.is_source(name):
+        return _source_info(image_sources.open_source(name, options or SourceOptions()), options or SourceOptions())
+    raise ValueError(f"unknown dataset {name!r}; use one of {', '.join(NAMES)}, or your images as folder:PATH, "
+                     "array:PATH (.npy/.npz) or tfds:NAME")
 
 
-def get_info(name: str) -> DatasetInfo:
-    """Metadata of dataset `name` (one of NAMES). Raises ValueError for an unknown name."""
-    if name not in _INFOS:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(NAMES)}")
-    return _INFOS[name]
+def _source_info(image_set, options):
+    binarize = options.binarize if not image_set.binary else "none"
+    binary = image_set.binary or binarize != "none"
+    pixels = "binary" if image_set.binary else ("grey_255" if binary else "bins")
+    train = _unit_numpy(pixels, image_set.splits["train"])
+    mean = float(np.clip(train.mean(), 0.01, 0.99))
+    std = float(max(train.std() / 10.0, 1e-3))
+    return DatasetInfo(image_set.name, image_set.image_shape, "bernoulli" if binary else "discretized_logistic",
+                       mean, std, {s: int(len(v)) for s, v in image_set.splits.items()}, binarize == "dynamic",
+                       None, pixels, image_set.carved)
 
 
 class Splits(NamedTuple):
-    """`load`'s result: three datasets of float32 image batches [B, H, W, 1], the info, and
+    """`load`'s result: three datasets of float32 image batches [B, H, W, C], the info, and
     `epochs(first_epoch)`: one dataset of the training batches of every epoch from
     `first_epoch` on, each epoch's order (and binarisation) a function of the seed and the
     epoch only, so that a resumed run sees what an uninterrupted one would."""
@@ -114,86 +136,68 @@ class Splits(NamedTuple):
 # ----------------------------------------------------------------------------- public API
 
 def load(name: str, batch_size: int, *, eval_batch_size: int | None = None, data_dir=None,
-         manual_dir=None, seed: int = 0, shuffle_train: bool = True,
-         drop_remainder: bool = True, max_steps_per_epoch: int = 0) -> Splits:
-    """The paper's train / validation / test splits of `name` as batched `tf.data` datasets.
+         manual_dir=None, seed: int = 0, shuffle_train: bool = True, drop_remainder: bool = True,
+         max_steps_per_epoch: int = 0, options: SourceOptions | None = None) -> Splits:
+    """The train / validation / test splits of `name` as batched `tf.data` datasets.
 
-    Prepares the TFDS data first if needed (from the original files, see `tfvamp.datasets`).
+    Prepares a paper dataset's TFDS data first if needed (from the original files, see
+    `tfvamp.datasets`); reads your images (`folder:`, `array:`, `tfds:`) with `options`.
 
     Args:
-      name: one of NAMES.
+      name: one of NAMES, or a source spec (module docstring).
       batch_size: training batch size (the global batch under `tf.distribute`).
       eval_batch_size: validation/test batch size (default: batch_size).
       data_dir: TFDS data dir (default: $TFDS_DATA_DIR, else TFDS' default).
-      manual_dir: folder with the original files (default: $TFVAMP_MANUAL_DIR).
-      seed: non-negative int seeding the training order and the training binarisation. The
-        datasets are reproducible from it (and TF's global seed, if someone sets one: tf.data
-        combines the two). Validation/test never depend on it.
+      manual_dir: folder with the paper datasets' original files (default: $TFVAMP_MANUAL_DIR).
+      seed: non-negative int seeding the training order and the training binarisation.
+        Validation/test never depend on it.
       shuffle_train: reshuffle the training set every epoch.
       drop_remainder: drop the last incomplete training batch, so every batch (and every
         replica's share under tf.distribute) has the same size. Validation and test never drop.
       max_steps_per_epoch: cap on the batches of an epoch in `epochs` (0: every full batch).
+      options: how to read your images (`SourceOptions`: channels, size, binarisation, splits).
 
     Returns:
-      Splits(train, validation, test, info); each dataset yields float32 [B, H, W, 1] in [0, 1].
-      Iterating `train` again starts a new epoch (new order, new binarisation).
+      Splits(train, validation, test, info, epochs); each dataset yields float32 [B, H, W, C] in
+      [0, 1]. Iterating `train` again starts a new epoch (new order, new binarisation).
 
     Raises:
       ValueError: unknown name, bad batch size or seed.
       DataError: a data file is missing or bad (the message says which, and the fix).
     """
-    info = get_info(name)
-    batch_size = _positive_int("batch_size", batch_size)
-    eval_batch_size = _positive_int("eval_batch_size", eval_batch_size or batch_size)
-    seed = _seed(seed)
-    builder = _prepared_builder(name, data_dir, manual_dir)
-
-    stored_train = _read_split(builder, name, "train")
-    if drop_remainder and batch_size > len(stored_train):
-        raise ValueError(f"batch_size={batch_size} is larger than the {len(stored_train)} training "
-                         f"images of {name}, so no full batch is left")
-    train = tf.data.Dataset.from_tensor_slices(stored_train)
-    if shuffle_train:
-        train = train.shuffle(len(stored_train), seed=seed, reshuffle_each_iteration=True)
-    train = train.batch(batch_size, drop_remainder=drop_remainder)
-    if info.dynamic_binarization:
-        # One stateless-noise seed per batch. rerandomize_each_iteration gives new seeds every
-        # epoch, still a deterministic sequence given `seed`.
-        noise = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True)
-        train = tf.data.Dataset.zip((train, noise)).map(
-            lambda x, s: _binarize(_to_unit(name, x), s, seed),
-            num_parallel_calls=2, deterministic=True)
-    else:
-        train = train.map(lambda x: _to_unit(name, x), num_parallel_calls=2,
-                          deterministic=True)
-
-    def evaluation(split):
-        x = _preprocessed(builder, name, split)
-        ds = tf.data.Dataset.from_tensor_slices(x).batch(eval_batch_size, drop_remainder=False)
-        return ds.prefetch(2).with_options(_OPTIONS)
-
-    def epochs(first_epoch):
-        return _epoch_stream(name, stored_train, batch_size, seed, first_epoch, max_steps_per_epoch)
-
-    return Splits(train.prefetch(2).with_options(_OPTIONS), evaluation("validation"),
-                  evaluation("test"), info, epochs)
+    store = _store(name, data_dir, manual_dir, options)
+    return _splits(store, batch_size, eval_batch_size, seed, shuffle_train, drop_remainder, max_steps_per_epoch)
 
 
-def load_split(name: str, split: str, batch_size: int, *, data_dir=None, manual_dir=None) -> tf.data.Dataset:
+def from_array(images, batch_size: int, *, validation=None, test=None, name: str = "array", seed: int = 0,
+               eval_batch_size: int | None = None, max_steps_per_epoch: int = 0,
+               options: SourceOptions | None = None) -> Splits:
+    """`load` for images in memory: `images` (and optionally `validation`, `test`) uint8, bool or
+    float in [0, 1], `[N, H, W]` or `[N, H, W, C]`; missing splits are carved as for files."""
+    arrays = {"train": images, **{k: v for k, v in (("validation", validation), ("test", test)) if v is not None}}
+    options = options or SourceOptions()
+    image_set = image_sources.from_arrays(name, arrays, options)
+    store = _Store(name, _source_info(image_set, options), image_set.splits.__getitem__, ("array", id(image_set)))
+    return _splits(store, batch_size, eval_batch_size, seed, True, True, max_steps_per_epoch)
+
+
+def load_split(name: str, split: str, batch_size: int, *, data_dir=None, manual_dir=None,
+               options: SourceOptions | None = None) -> tf.data.Dataset:
     """One evaluation split (`validation` or `test`) as batches, preprocessed as in `load`, without
     building the others (for evaluating a trained model)."""
-    get_info(name)
     if split not in ("validation", "test"):
         raise ValueError(f"load_split takes 'validation' or 'test', got {split!r}; training batches come from load.")
-    x = _preprocessed(_prepared_builder(name, data_dir, manual_dir), name, split)
+    store = _store(name, data_dir, manual_dir, options)
+    x = _preprocessed(store, split)
     batch_size = _positive_int("batch_size", batch_size)
     return tf.data.Dataset.from_tensor_slices(x).batch(batch_size).prefetch(2).with_options(_OPTIONS)
 
 
-def as_numpy(name: str, split: str, *, data_dir=None, manual_dir=None, seed: int = 0) -> np.ndarray:
-    """One whole split as float32 [N, H, W, 1] in [0, 1], preprocessed as in `load`.
+def as_numpy(name: str, split: str, *, data_dir=None, manual_dir=None, seed: int = 0,
+             options: SourceOptions | None = None) -> np.ndarray:
+    """One whole split as float32 [N, H, W, C] in [0, 1], preprocessed as in `load`.
 
-    Images are in file order (increasing TFDS `index`). For dynamic_mnist and omniglot, the
+    Images are in file order (increasing TFDS `index`). For dynamically binarised data, the
     `train` split is returned grey (it is binarised per batch in `load`) and validation/test
     binarised with the fixed EVAL_BINARIZATION_SEED, i.e. exactly the images `load` yields.
 
@@ -201,11 +205,10 @@ def as_numpy(name: str, split: str, *, data_dir=None, manual_dir=None, seed: int
       seed: accepted for symmetry with `load`; it does not change the result, since nothing
         here is random except the fixed evaluation binarisation.
     """
-    get_info(name)
     _seed(seed)
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
-    x = _preprocessed(_prepared_builder(name, data_dir, manual_dir), name, split)
+    x = _preprocessed(_store(name, data_dir, manual_dir, options), split)
     return x if x.flags.writeable else x.copy()  # never hand out the cached array
 
 
@@ -378,19 +381,91 @@ def _read_split(builder, name: str, split: str) -> np.ndarray:
     return _cached((str(builder.data_path), split, "stored"), read)
 
 
-def _to_unit(name: str, x: tf.Tensor) -> tf.Tensor:
-    """Stored images -> float32 in [0, 1] (grey for the dynamically binarised sets)."""
+class _Store(NamedTuple):
+    """Where a dataset's stored arrays come from: `stored(split)` -> `[N, H, W, C]` as stored
+    (uint8, or float32 for binary and OMNIGLOT's grey), `key` for the caches."""
+
+    name: str
+    info: DatasetInfo
+    stored: Callable[[str], np.ndarray]
+    key: tuple
+
+
+def _store(name, data_dir, manual_dir, options):
+    info = get_info(name, options)
+    if image_sources.is_source(name):
+        options = options or SourceOptions()
+        if options.data_dir is None and data_dir is not None:
+            options = dataclasses.replace(options, data_dir=data_dir)
+        image_set = image_sources.open_source(name, options)
+        stored = image_set.splits.__getitem__
+        if options.binarize == "static" and info.likelihood == "bernoulli" and not image_set.binary:
+            stored = _statically_binarized(image_set)
+            info = dataclasses.replace(info, pixels="binary")
+        return _Store(name, info, stored, (name, options))
+    builder = _prepared_builder(name, data_dir, manual_dir)
+    return _Store(name, info, lambda split: _read_split(builder, name, split), (str(builder.data_path),))
+
+
+def _statically_binarized(image_set):
+    """--binarize=static: every split binarised once, with the fixed seed (as static MNIST was)."""
+    rs = np.random.RandomState(EVAL_BINARIZATION_SEED)
+    fixed = {split: rs.binomial(1, images / 255.0).astype(np.float32) for split, images in image_set.splits.items()}
+    return fixed.__getitem__
+
+
+def _splits(store, batch_size, eval_batch_size, seed, shuffle_train, drop_remainder, max_steps_per_epoch):
+    """The `Splits` of a store (see `load`)."""
+    info = store.info
+    batch_size = _positive_int("batch_size", batch_size)
+    eval_batch_size = _positive_int("eval_batch_size", eval_batch_size or batch_size)
+    seed = _seed(seed)
+    stored_train = store.stored("train")
+    if drop_remainder and batch_size > len(stored_train):
+        raise ValueError(f"batch_size={batch_size} is larger than the {len(stored_train)} training "
+                         f"images of {store.name}, so no full batch is left")
+    train = tf.data.Dataset.from_tensor_slices(stored_train)
+    if shuffle_train:
+        train = train.shuffle(len(stored_train), seed=seed, reshuffle_each_iteration=True)
+    train = train.batch(batch_size, drop_remainder=drop_remainder)
+    if info.dynamic_binarization:
+        # One stateless-noise seed per batch. rerandomize_each_iteration gives new seeds every
+        # epoch, still a deterministic sequence given `seed`.
+        noise = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True)
+        train = tf.data.Dataset.zip((train, noise)).map(
+            lambda x, s: _binarize(_to_unit(info.pixels, x), s, seed), num_parallel_calls=2, deterministic=True)
+    else:
+        train = train.map(lambda x: _to_unit(info.pixels, x), num_parallel_calls=2, deterministic=True)
+
+    def evaluation(split):
+        x = _preprocessed(store, split)
+        ds = tf.data.Dataset.from_tensor_slices(x).batch(eval_batch_size, drop_remainder=False)
+        return ds.prefetch(2).with_options(_OPTIONS)
+
+    def epochs(first_epoch):
+        return _epoch_stream(info, stored_train, batch_size, seed, first_epoch, max_steps_per_epoch)
+
+    return Splits(train.prefetch(2).with_options(_OPTIONS), evaluation("validation"), evaluation("test"), info,
+                  epochs)
+
+
+def _to_unit(pixels: str, x: tf.Tensor) -> tf.Tensor:
+    """Stored images -> float32 in [0, 1] as the model sees them (grey for the binarised sets)."""
     x = tf.cast(x, tf.float32)
-    if name == "dynamic_mnist":
+    if pixels == "grey_255":
         return x / 255.0
-    if name == "frey_faces":
+    if pixels == "bins":
         return (x + 0.5) / 256.0
-    if name == "histopathology":
+    if pixels == "clip":
         return tf.clip_by_value(x, 1.0 / 512.0, 1.0 - 1.0 / 512.0)
-    return x  # static_mnist and caltech101_silhouettes are 0/1, omniglot grey in [0, 1]
+    return x  # "binary" (0/1) and "unit" (grey in [0, 1]) as stored
 
 
-def _epoch_stream(name, stored, batch_size, seed, first_epoch, max_steps=0):
+def _unit_numpy(pixels, x):
+    return _to_unit(pixels, x).numpy()
+
+
+def _epoch_stream(info, stored, batch_size, seed, first_epoch, max_steps=0):
     """Training batches of every epoch from `first_epoch` on (see `Splits.epochs`).
 
     Epoch e is a permutation of the stored images drawn from (seed, e), cut into full batches
@@ -401,23 +476,22 @@ def _epoch_stream(name, stored, batch_size, seed, first_epoch, max_steps=0):
     count = len(stored)
     steps = count // batch_size
     steps = min(steps, int(max_steps)) if max_steps else steps
-    dynamic = get_info(name).dynamic_binarization
 
     def epoch_batches(epoch):
         key = tf.stack([tf.constant(seed, tf.int64), epoch])
         order = tf.random.experimental.stateless_shuffle(tf.range(count), seed=key)
         index = tf.reshape(order[: steps * batch_size], [steps, batch_size])
         return tf.data.Dataset.from_tensor_slices((index, tf.range(steps, dtype=tf.int64))).map(
-            lambda i, step: _epoch_batch(name, tf.gather(images, i), key, step, dynamic),
+            lambda i, step: _epoch_batch(info, tf.gather(images, i), key, step),
             num_parallel_calls=2, deterministic=True)
 
     stream = tf.data.Dataset.range(int(first_epoch), 2 ** 62).flat_map(epoch_batches)
     return stream.prefetch(2).with_options(_OPTIONS)
 
 
-def _epoch_batch(name, stored_batch, key, step, dynamic):
-    x = _to_unit(name, stored_batch)
-    if not dynamic:
+def _epoch_batch(info, stored_batch, key, step):
+    x = _to_unit(info.pixels, stored_batch)
+    if not info.dynamic_binarization:
         return x
     seed = tf.random.experimental.stateless_fold_in(key, step)
     return tf.cast(tf.random.stateless_uniform(tf.shape(x), seed=seed) < x, tf.float32)
@@ -430,25 +504,23 @@ def _binarize(grey: tf.Tensor, noise_seed: tf.Tensor, seed: int) -> tf.Tensor:
     return tf.cast(u < grey, tf.float32)
 
 
-def _preprocessed(builder, name: str, split: str) -> np.ndarray:
-    """float32 [N, H, W, 1] as `load` yields it (validation/test binarised for dynamic sets).
+def _preprocessed(store, split: str) -> np.ndarray:
+    """float32 [N, H, W, C] as `load` yields it (validation/test binarised for dynamic sets).
 
     Read-only (cached) for validation/test.
     """
     if split == "train":
-        return _to_unit(name, _read_split(builder, name, split)).numpy()
-    return _cached((str(builder.data_path), split, "preprocessed"),
-                   lambda: _evaluation_images(builder, name, split))
+        return _unit_numpy(store.info.pixels, store.stored(split))
+    return _cached(store.key + (split, "preprocessed"), lambda: _evaluation_images(store, split))
 
 
-def _evaluation_images(builder, name: str, split: str) -> np.ndarray:
-    x = _to_unit(name, _read_split(builder, name, split)).numpy()
-    if not get_info(name).dynamic_binarization:
+def _evaluation_images(store, split: str) -> np.ndarray:
+    x = _unit_numpy(store.info.pixels, store.stored(split))
+    if not store.info.dynamic_binarization:
         return x
     # The release: np.random.seed(777); x_val = binomial(1, x_val); x_test = binomial(1, x_test).
     # The test draw follows the validation draw in the same stream, so replay both.
-    grey_val = x if split == "validation" else _to_unit(
-        name, _read_split(builder, name, "validation")).numpy()
+    grey_val = x if split == "validation" else _unit_numpy(store.info.pixels, store.stored("validation"))
     rs = np.random.RandomState(EVAL_BINARIZATION_SEED)
     val = rs.binomial(1, grey_val).astype(np.float32)
     return val if split == "validation" else rs.binomial(1, x).astype(np.float32)

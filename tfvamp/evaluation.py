@@ -31,6 +31,7 @@ from tfvamp import pictures
 from tfvamp import priors
 
 ACTIVE_UNIT_THRESHOLD = 0.01
+PROJECTOR_MAX_IMAGES = 5000  # points (and sprite tiles) in TensorBoard's projector
 
 _ELBO_FUNCTIONS = weakref.WeakKeyDictionary()
 
@@ -135,8 +136,11 @@ def evaluate(model, dataset, *, num_samples=5000, chunk_size=None, prior_dtype="
       nats), 'log_likelihood_std' (over examples), 'log_likelihood_sem' (its standard error),
       'elbo' (mean, beta = 1), 'reconstruction', 'kl', 'bits_per_dim' and 'elbo_bits_per_dim'
       (discretized logistic likelihoods only: -value / (D ln 2)), 'active_units' {layer: int},
-      'num_examples', 'num_samples', 'seconds', 'images_per_second'.
-      `per_example`: numpy arrays 'log_likelihood' (float64) and 'elbo', 'reconstruction', 'kl'.
+      'num_examples', 'num_samples', 'seconds', 'images_per_second', and for mixture priors
+      'components_in_use' (`components_in_use`).
+      `per_example`: numpy arrays 'log_likelihood' (float64) and 'elbo', 'reconstruction', 'kl',
+      the posterior means '{layer}_mean' `[N, D]`; for mixture priors also 'component_usage'
+      `[K]` (per component: `component_usage`).
     """
     num_samples = int(num_samples)
     if num_samples < 1:
@@ -174,6 +178,10 @@ def evaluate(model, dataset, *, num_samples=5000, chunk_size=None, prior_dtype="
                    "elbo": np.concatenate(elbos), "reconstruction": np.concatenate(recons),
                    "kl": np.concatenate(kls)}
     means = {layer: np.concatenate(m, 0) for layer, m in means.items()}
+    per_example.update({f"{layer}_mean": m for layer, m in means.items()})
+    usage = component_usage(model, means[model.top_latent_name])
+    if usage is not None:
+        per_example["component_usage"] = usage
     summary = summarize(model, per_example, means)
     summary.update({"num_samples": num_samples, "seconds": float(seconds),
                     "images_per_second": float(count / max(seconds, 1e-9))})
@@ -197,7 +205,28 @@ def summarize(model, per_example, posterior_means):
         summary["bits_per_dim"] = float(bits_per_dim(summary["log_likelihood"], model.num_pixels))
         summary["elbo_bits_per_dim"] = float(bits_per_dim(summary["elbo"], model.num_pixels))
     summary["active_units"] = count_active_units(posterior_means) if count > 1 else {}
+    if "component_usage" in per_example:
+        summary["components_in_use"] = components_in_use(per_example["component_usage"])
     return summary
+
+
+def component_usage(model, top_means):
+    """How much of the prior's mass each component carries for these images: the average over
+    images of p(k | z), z = E_q[z_top | x] their posterior means `[N, D_top]`. Returns `[K]`
+    summing to 1, or None for the standard prior (no components)."""
+    if not priors.is_mixture(model.prior_name):
+        return None
+    prior = model.prior()
+    top_means = np.asarray(top_means, np.float32)
+    parts = [prior.responsibilities(tf.constant(part)).numpy().astype(np.float64)
+             for part in np.array_split(top_means, max(1, len(top_means) // 1000))]
+    return np.concatenate(parts).mean(0)
+
+
+def components_in_use(usage, mass=0.99):
+    """How many components, heaviest first, it takes to carry `mass` of the usage."""
+    ordered = np.sort(np.asarray(usage, np.float64))[::-1]
+    return int(np.searchsorted(np.cumsum(ordered), mass * ordered.sum()) + 1)
 
 
 def pick_images(dataset, num, num_examples, seed=0):
@@ -219,16 +248,61 @@ def pick_images(dataset, num, num_examples, seed=0):
     return np.concatenate(picked, 0)
 
 
-def choose_pseudo_inputs(model, num, seed=0):
-    """`num` distinct pseudo-input indices for figures: the heaviest components for the
-    weighted VampPrior, a seeded random choice otherwise (never simply the first ones)."""
+def choose_pseudo_inputs(model, num, seed=0, usage=None):
+    """`num` distinct pseudo-input indices for figures: the heaviest components by `usage`
+    (`component_usage`) when given, else by the weighted VampPrior's learned weights, else a
+    seeded random choice (never simply the first ones)."""
     _require_vampprior(model)
     k = model.num_components
     num = min(int(num), k)
-    if model.prior_name == "weighted_vampprior":
-        weights = model.prior_layer.mixture_weights().numpy()
-        return [int(i) for i in np.argsort(-weights, kind="stable")[:num]]
+    if usage is None and model.prior_name == "weighted_vampprior":
+        usage = model.prior_layer.mixture_weights().numpy()
+    if usage is not None:
+        return [int(i) for i in np.argsort(-np.asarray(usage), kind="stable")[:num]]
     return [int(i) for i in np.sort(np.random.default_rng(seed).choice(k, num, replace=False))]
+
+
+def interpolations(model, start, end, steps=8, seed=0):
+    """Images along straight lines in the top latent space, `[M, steps, H, W, C]`.
+
+    `start`, `end`: `[M, D_top]` latent points (e.g. posterior means of two images); row m goes
+    from `start[m]` to `end[m]` in `steps` evenly spaced points, each generated with the same
+    seed (two-level models draw z1 ~ p(z1 | z2) from it).
+    """
+    start, end = np.asarray(start, np.float32), np.asarray(end, np.float32)
+    t = np.linspace(0.0, 1.0, int(steps), dtype=np.float32)[None, :, None]
+    points = (1.0 - t) * start[:, None] + t * end[:, None]  # [M, steps, D]
+    seed_pair = tf.constant([int(seed), 3], tf.int32)
+    images = model.generate(tf.constant(points.reshape(-1, points.shape[-1])), seed_pair).numpy()
+    return images.reshape(points.shape[:2] + tuple(model.image_shape))
+
+
+def write_projector(log_dir, top_means, images, log_likelihoods=None):
+    """TensorBoard's projector for a set of images: their latent means as an embedding, the
+    images as a sprite, and their index (and log-likelihood) as metadata.
+
+    Writes `embedding.ckpt-1.*`, `metadata.tsv`, `sprite.png` and `projector_config.pbtxt` into
+    `log_dir` (a TensorBoard run directory). Returns the config's path.
+    """
+    from tensorboard.plugins import projector  # pylint: disable=import-outside-toplevel
+
+    os.makedirs(log_dir, exist_ok=True)
+    images = np.asarray(images, np.float32)
+    with open(os.path.join(log_dir, "metadata.tsv"), "w") as f:
+        f.write("index\tlog_likelihood\n" if log_likelihoods is not None else "index\n")
+        for i in range(len(images)):
+            f.write(f"{i}\t{float(log_likelihoods[i]):.2f}\n" if log_likelihoods is not None else f"{i}\n")
+    pictures.save_png(os.path.join(log_dir, "sprite.png"), pictures.sprite(images))
+    tf.train.Checkpoint(embedding=tf.Variable(np.asarray(top_means, np.float32))).save(
+        os.path.join(log_dir, "embedding.ckpt"))
+    config = projector.ProjectorConfig()
+    embedding = config.embeddings.add()
+    embedding.tensor_name = "embedding/.ATTRIBUTES/VARIABLE_VALUE"
+    embedding.metadata_path = "metadata.tsv"
+    embedding.sprite.image_path = "sprite.png"
+    embedding.sprite.single_image_dim.extend([images.shape[2], images.shape[1]])  # width, height
+    projector.visualize_embeddings(log_dir, config)
+    return os.path.join(log_dir, "projector_config.pbtxt")
 
 
 def _require_vampprior(model):
@@ -288,71 +362,112 @@ def _pseudo_input_sampler(model):
     return draw
 
 
-def write_pictures(model, images, picture_dir, *, log_likelihoods=None, writer=None, step=0, num_samples=64,
-                   num_reconstructions=32, num_pseudo_inputs=8, samples_per_pseudo_input=8, seed=0,
-                   prefix="eval"):
+def write_pictures(model, images, picture_dir, *, log_likelihoods=None, usage=None, writer=None, step=0,
+                   num_samples=64, num_reconstructions=32, num_pseudo_inputs=8, samples_per_pseudo_input=8,
+                   interpolation_steps=8, seed=0, scale=None, prefix="eval"):
     """Writes the evaluation pictures as PNG files and (with `writer`) TensorBoard images.
 
     Pictures: `samples.png`; `reconstructions.png` (pairs original | reconstruction);
-    for VampPrior priors `pseudo_inputs.png` (all K) and `pseudo_input_samples.png` (each row:
-    a chosen pseudo-input, then images generated from it); with `log_likelihoods`,
-    `log_likelihood_histogram.png` (and a TensorBoard histogram).
+    `interpolations.png` (rows: the decoded straight line between the latent means of two test
+    images); for VampPrior priors `pseudo_inputs.png` (all K, heaviest first when `usage` is
+    given), `pseudo_input_samples.png` (each row: a chosen pseudo-input, then images generated
+    from it) and `pseudo_input_interpolations.png` (between the heaviest pseudo-inputs); with
+    `log_likelihoods`, `log_likelihood_histogram.png` (and a TensorBoard histogram).
 
     Args:
       model: a tfvamp model.
       images: test images `[N, H, W, C]` (the first `num_reconstructions` are reconstructed).
       picture_dir: the folder for the PNG files (created).
       log_likelihoods: optional per-example log-likelihoods for the histogram.
+      usage: optional `component_usage` `[K]`: orders the pseudo-inputs and picks the heaviest.
       writer: optional `tf.summary` writer for TensorBoard images.
       step: the TensorBoard step.
       num_samples: images sampled from the model (0 skips; PixelHVAE samples are slow on CPU).
       num_reconstructions: originals reconstructed.
       num_pseudo_inputs, samples_per_pseudo_input: the figure-4 grid.
+      interpolation_steps: images per interpolation row (0 skips them).
       seed: seeds the samples and the choice of pseudo-inputs.
+      scale: enlargement of every tile (None: `pictures.default_scale`, a tile at least 56 px high).
       prefix: TensorBoard tag prefix.
 
     Returns:
       `{picture name: PNG path}`.
     """
+    grids = _sample_and_reconstruction_grids(model, images, num_samples, num_reconstructions, seed)
+    grids.update(_interpolation_grids(model, images, interpolation_steps, seed, usage, num_pseudo_inputs))
+    if priors.has_pseudo_inputs(model.prior_name):
+        grids.update(_pseudo_input_grids(model, usage, num_pseudo_inputs, samples_per_pseudo_input, seed))
+    scale = scale or pictures.default_scale(model.image_shape[0])
     os.makedirs(picture_dir, exist_ok=True)
+    paths = {}
+    for name, (pics, columns) in grids.items():
+        paths[name] = pictures.save_png(os.path.join(picture_dir, f"{name}.png"),
+                                        pictures.image_grid(pics, columns, scale=scale))
+        if writer is not None:
+            with writer.as_default():
+                pictures.tensorboard_image(f"{prefix}/{name}", pics, step, columns, scale=scale)
+    if log_likelihoods is not None:
+        paths["log_likelihood_histogram"] = _histogram(log_likelihoods, picture_dir, writer, step, prefix)
+    if writer is not None:
+        writer.flush()
+    return paths
+
+
+def _sample_and_reconstruction_grids(model, images, num_samples, num_reconstructions, seed):
     grids = {}
     if num_samples > 0:
-        samples = model.sample(num_samples, seed=seed).numpy()
-        grids["samples"] = (samples, None)
+        grids["samples"] = (model.sample(num_samples, seed=seed).numpy(), None)
     originals = np.asarray(images, np.float32)[:num_reconstructions]
     if len(originals):
         recon = model.reconstruct(originals).numpy()
         columns = 2 * max(1, int(math.ceil(math.sqrt(len(originals)))))
         grids["reconstructions"] = (pictures.interleave(originals, recon), columns)
-    if priors.has_pseudo_inputs(model.prior_name):
-        u = model.prior_layer.pseudo_inputs().numpy()
-        grids["pseudo_inputs"] = (u, None)
-        if num_pseudo_inputs > 0 and samples_per_pseudo_input > 0:
-            chosen = choose_pseudo_inputs(model, num_pseudo_inputs, seed)
-            generated = samples_from_pseudo_inputs(model, chosen, samples_per_pseudo_input, seed)
-            rows = np.concatenate([u[chosen][:, None], generated], 1)  # [M, 1 + n, H, W, C]
-            grids["pseudo_input_samples"] = (rows.reshape((-1,) + rows.shape[2:]), 1 + samples_per_pseudo_input)
-    paths = {}
-    for name, (pics, columns) in grids.items():
-        grid = pictures.image_grid(pics, columns)
-        paths[name] = pictures.save_png(os.path.join(picture_dir, f"{name}.png"), grid)
-        if writer is not None:
-            with writer.as_default():
-                pictures.tensorboard_image(f"{prefix}/{name}", pics, step, columns)
-    if log_likelihoods is not None:
-        ll = np.asarray(log_likelihoods, np.float64)
-        hist = pictures.histogram_image(ll, title="per-example log-likelihood (nats)")
-        paths["log_likelihood_histogram"] = pictures.save_png(
-            os.path.join(picture_dir, "log_likelihood_histogram.png"), hist)
-        if writer is not None:
-            with writer.as_default():
-                # Not "{prefix}/log_likelihood": write_summaries logs the mean under that tag.
-                tf.summary.histogram(f"{prefix}/per_example_log_likelihood", ll, step=step)
-                tf.summary.image(f"{prefix}/log_likelihood_histogram", hist[None].astype(np.float32) / 255.0,
-                                 step=step)
+    return grids
+
+
+def _interpolation_grids(model, images, steps, seed, usage, num_pseudo_inputs):
+    """Rows of decoded straight lines: between test images (first and second half of up to 16),
+    and between the heaviest pseudo-inputs' latent means (VampPriors)."""
+    grids = {}
+    images = np.asarray(images, np.float32)[:16]
+    pairs = len(images) // 2
+    if steps <= 0 or pairs < 1:
+        return grids
+    means = model.encode_top(tf.constant(images))[0].numpy()
+    lines = interpolations(model, means[:pairs], means[pairs:2 * pairs], steps, seed)
+    grids["interpolations"] = (lines.reshape((-1,) + lines.shape[2:]), steps)
+    if priors.has_pseudo_inputs(model.prior_name) and num_pseudo_inputs >= 2:
+        chosen = choose_pseudo_inputs(model, num_pseudo_inputs, seed, usage)
+        u = tf.gather(model.prior_layer.pseudo_inputs(), chosen)
+        centres = model.encode_top(u)[0].numpy()
+        lines = interpolations(model, centres[:-1], centres[1:], steps, seed)
+        grids["pseudo_input_interpolations"] = (lines.reshape((-1,) + lines.shape[2:]), steps)
+    return grids
+
+
+def _pseudo_input_grids(model, usage, num_pseudo_inputs, samples_per_pseudo_input, seed):
+    grids = {}
+    u = model.prior_layer.pseudo_inputs().numpy()
+    order = np.argsort(-np.asarray(usage), kind="stable") if usage is not None else np.arange(len(u))
+    grids["pseudo_inputs"] = (u[order], None)
+    if num_pseudo_inputs > 0 and samples_per_pseudo_input > 0:
+        chosen = choose_pseudo_inputs(model, num_pseudo_inputs, seed, usage)
+        generated = samples_from_pseudo_inputs(model, chosen, samples_per_pseudo_input, seed)
+        rows = np.concatenate([u[chosen][:, None], generated], 1)  # [M, 1 + n, H, W, C]
+        grids["pseudo_input_samples"] = (rows.reshape((-1,) + rows.shape[2:]), 1 + samples_per_pseudo_input)
+    return grids
+
+
+def _histogram(log_likelihoods, picture_dir, writer, step, prefix):
+    ll = np.asarray(log_likelihoods, np.float64)
+    hist = pictures.histogram_image(ll, title="per-example log-likelihood (nats)")
+    path = pictures.save_png(os.path.join(picture_dir, "log_likelihood_histogram.png"), hist)
     if writer is not None:
-        writer.flush()
-    return paths
+        with writer.as_default():
+            # Not "{prefix}/log_likelihood": write_summaries logs the mean under that tag.
+            tf.summary.histogram(f"{prefix}/per_example_log_likelihood", ll, step=step)
+            tf.summary.image(f"{prefix}/log_likelihood_histogram", hist[None].astype(np.float32) / 255.0, step=step)
+    return path
 
 
 def write_summaries(writer, summary, step=0, prefix="eval"):

@@ -18,24 +18,38 @@ from tfvamp import checkpointing
 from tfvamp import data
 from tfvamp import distribute
 from tfvamp import export
+from tfvamp import image_sources
 from tfvamp import likelihoods
 from tfvamp import models
 from tfvamp import optimizers
 from tfvamp import priors
 
-DATASETS = data.NAMES
+DATASETS = data.NAMES  # and your own images: folder:PATH, array:PATH, tfds:NAME[/CONFIG]
 JIT_CHOICES = ("auto", "true", "false")
 CONV_MODELS = ("convhvae", "pixelhvae")
-# The smallest image side the conv encoders take: two stride-2 convolutions must leave a
-# spatial map (4 -> 2 -> 1).
-MIN_CONV_SIDE = 4
 # Defaults a flag leaves to the dataset (None until `validate_config` fills them in).
 DATASET_DEFAULTS = ("likelihood", "pseudo_inputs_mean", "pseudo_inputs_std")
 
 # (name, kind, default, choices or None, help). kind: enum, integer, float, bool, string.
 FLAGS = (
     # What to train.
-    ("dataset", "enum", None, DATASETS, "Dataset to train on."),
+    ("dataset", "string", None, None, f"Dataset to train on: {', '.join(DATASETS)}; or your own images: "
+     "folder:PATH (PNG/JPEG/BMP/GIF, sub-folders walked), array:PATH (.npy/.npz), tfds:NAME[/CONFIG] "
+     "(docs/own_data.md)."),
+    # Your own images (ignored by the paper datasets, which are read as the paper does).
+    ("channels", "integer", 0, None, "Your images: 1 converts to grey, 3 to RGB (0 = as the files are)."),
+    ("image_size", "string", "", None, "Your images: HxW to resize (or centre-crop) them all to; empty = they "
+     "must share one size."),
+    ("resize", "enum", "resize", image_sources.RESIZE, "Your images with --image_size: 'resize' (area average) "
+     "or 'crop' (centre crop)."),
+    ("binarize", "enum", "none", image_sources.BINARIZE, "Your grey images: 'dynamic' re-draws pixel ~ "
+     "Bernoulli(grey) every batch, 'static' once (both then use the Bernoulli likelihood)."),
+    ("validation_fraction", "float", 0.1, None, "Your images without a validation split: this fraction of the "
+     "training images becomes it (a fixed permutation)."),
+    ("test_fraction", "float", 0.1, None, "Your images without a test split: this fraction of the training "
+     "images becomes it."),
+    ("skip_unreadable", "bool", False, None, "Your image folder: leave out files that cannot be read instead of "
+     "stopping."),
     ("model", "enum", "vae", models.MODELS, "Model family (docs/paper_details.md section 4)."),
     ("prior", "enum", "vampprior", priors.PRIORS, "Prior on the top latent (docs/paper_details.md section 2)."),
     ("likelihood", "enum", None, likelihoods.LIKELIHOODS,
@@ -69,14 +83,16 @@ FLAGS = (
     ("eval_chunk_size", "integer", 0, None, "Importance samples per network pass (0 = automatic)."),
     ("evaluate", "bool", True, None, "Evaluate the best model on the test set at the end."),
     ("export", "bool", True, None, "Export the best model as a SavedModel at the end."),
-    ("export_dir", "string", None, None, "SavedModel directory; default saved_models/<basename of model_dir>."),
+    ("export_dir", "string", None, None, "SavedModel directory; default saved_models/<basename of model_dir>. "
+     "{dataset}, {model} and {prior} are filled in, as in --model_dir."),
     ("export_max_samples", "integer", export.MAX_SAMPLES, None,
      "The exported `sample` signature refuses requests for more images than this."),
     ("export_max_importance_samples", "integer", export.MAX_IMPORTANCE_SAMPLES, None,
      "The exported `log_likelihood` signature refuses more importance samples than this."),
     # Where things are.
     ("model_dir", "string", None, None, "Run directory: config, checkpoints, best weights, TensorBoard, "
-     "results. Re-running with the same directory resumes."),
+     "results. Re-running with the same directory resumes. {dataset}, {model} and {prior} are filled in "
+     "(configs/quick.cfg: runs/quick/{dataset}_{model}_{prior})."),
     ("data_dir", "string", None, None, "Where prepared datasets are cached."),
     ("manual_dir", "string", None, None, "Where the original dataset files are (default: $TFVAMP_MANUAL_DIR)."),
     # Hardware.
@@ -96,6 +112,8 @@ FLAGS = (
     ("image_every_epochs", "integer", 10, None, "TensorBoard image grids (samples, reconstructions, "
      "pseudo-inputs) every this many epochs (and at the first and last)."),
     ("num_images", "integer", 64, None, "Images per TensorBoard grid."),
+    ("picture_scale", "integer", 0, None, "Enlargement of every tile in the pictures (0 = a tile at least 56 px "
+     "high: 2x for 28x28 images)."),
     ("checkpoints_to_keep", "integer", 3, None, "Epoch checkpoints kept in <model_dir>/checkpoints."),
     ("progress", "bool", True, None, "A progress bar per epoch on the console."),
     ("benchmark_xla", "integer", 0, None, "If > 0: time this many train steps with and without XLA, print the "
@@ -157,7 +175,40 @@ def _check_values(config, skip=()):
         errors.append(f"--lr must be a positive number, got {lr!r}.")
     if config["model_dir"] is None or str(config["model_dir"]).strip() == "":
         errors.append("--model_dir is required: the run directory (re-using one resumes that run).")
+    for name in ("validation_fraction", "test_fraction"):
+        if not 0.0 < float(config[name]) < 0.5:
+            errors.append(f"--{name} must lie in (0, 0.5), got {config[name]!r}.")
+    if config["channels"] not in (0, 1, 3):
+        errors.append(f"--channels must be 0 (as the files are), 1 (grey) or 3 (RGB), got {config['channels']!r}.")
     return errors
+
+
+def source_options(config):
+    """How to read the run's images (`tfvamp.data.SourceOptions`), None for a paper dataset."""
+    if config["dataset"] in DATASETS:
+        changed = [k for k in ("channels", "image_size", "binarize", "skip_unreadable")
+                   if config[k] != default_config()[k]]
+        if changed:
+            raise ValueError(f"--{changed[0]} is for your own images (folder:, array:, tfds:); {config['dataset']} "
+                             "is read as the paper does.")
+        return None
+    return data.SourceOptions(channels=config["channels"], image_size=config["image_size"] or "",
+                              resize=config["resize"], binarize=config["binarize"],
+                              validation_fraction=float(config["validation_fraction"]),
+                              test_fraction=float(config["test_fraction"]),
+                              skip_unreadable=bool(config["skip_unreadable"]), data_dir=config["data_dir"])
+
+
+def _fill_templates(config):
+    """{dataset}, {model} and {prior} in --model_dir and --export_dir, filled in."""
+    names = {k: config[k] for k in ("dataset", "model", "prior")}
+    for key in ("model_dir", "export_dir"):
+        if isinstance(config[key], str) and "{" in config[key]:
+            try:
+                config[key] = config[key].format(**names)
+            except (KeyError, IndexError, ValueError) as e:
+                raise ValueError(f"--{key}={config[key]!r}: only {{dataset}}, {{model}} and {{prior}} can be filled "
+                                 f"in ({e}).") from None
 
 
 def _fill_dataset_defaults(config, info):
@@ -179,12 +230,14 @@ def _check_combinations(config, info):
     shape, dataset = tuple(config["input_shape"]), config["dataset"]
     if info.likelihood != "bernoulli" and config["likelihood"] == "bernoulli":
         errors.append(f"--likelihood=bernoulli cannot model {dataset}'s gray pixels; use discretized_logistic "
-                      "(the release's) or discretized_logistic_normalized.")
-    if config["model"] in CONV_MODELS and min(shape[:2]) < MIN_CONV_SIDE:
-        errors.append(f"--model={config['model']} needs images of at least {MIN_CONV_SIDE}x{MIN_CONV_SIDE} "
+                      "(the release's) or discretized_logistic_normalized" +
+                      (", or --binarize=dynamic|static." if dataset not in DATASETS else "."))
+    if info.likelihood == "bernoulli" and config["likelihood"] != "bernoulli":
+        errors.append(f"--likelihood={config['likelihood']} models 8-bit pixels, but {dataset}'s are binary; "
+                      "use --likelihood=bernoulli (the default for binary data).")
+    if config["model"] in CONV_MODELS and min(shape[:2]) < models.MIN_CONV_SIDE:
+        errors.append(f"--model={config['model']} needs images of at least {models.MIN_CONV_SIDE}x{models.MIN_CONV_SIDE} "
                       f"pixels (two stride-2 convolutions); {dataset} has shape {shape}.")
-    if config["model"] == "pixelhvae" and shape[-1] != 1:
-        errors.append(f"--model=pixelhvae's masks assume one channel; {dataset} has {shape[-1]}.")
     mean, std = config["pseudo_inputs_mean"], config["pseudo_inputs_std"]
     if std < 0:
         errors.append(f"--pseudo_inputs_std must be >= 0, got {std}.")
@@ -220,13 +273,17 @@ def validate_config(config, info=None):
     missing = [k for k in FLAG_NAMES if k not in config]
     if missing:
         raise ValueError(f"Config lacks {missing}.")
-    if config["dataset"] not in DATASETS and info is None:
-        raise ValueError(f"--dataset: unknown dataset {config['dataset']!r}; choose one of {', '.join(DATASETS)}.")
-    errors = _check_values(config, skip=("dataset",) if info is not None else ())
+    dataset = config["dataset"]
+    if info is None and dataset not in DATASETS and not image_sources.is_source(dataset or ""):
+        raise ValueError(f"--dataset: unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}, or your "
+                         "images as folder:PATH, array:PATH or tfds:NAME.")
+    errors = _check_values(config)
     if errors:
         raise ValueError("Invalid training flags:\n  " + "\n  ".join(errors))
-    _fill_dataset_defaults(config, info or data.get_info(config["dataset"]))
-    errors = _check_combinations(config, info or data.get_info(config["dataset"]))
+    _fill_templates(config)
+    info = info or data.get_info(dataset, source_options(config))
+    _fill_dataset_defaults(config, info)
+    errors = _check_combinations(config, info)
     if errors:
         raise ValueError("Invalid training flags:\n  " + "\n  ".join(errors))
     return config

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfvamp import layers
 from tfvamp import likelihoods
 
 LOGVAR_MIN, LOGVAR_MAX = -6.0, 2.0  # the release's hardtanh on every variance head
@@ -42,13 +43,18 @@ class ImageHead(keras.layers.Layer):
     Dense mode takes `[N, F]` (a linear layer per parameter); conv mode takes `[N, H, W, F]`
     (a 1x1 convolution per parameter). Bernoulli: logits. Discretized logistic: loc =
     sigmoid clamped to [1/512, 1 - 1/512], log_scale = hardtanh(-4.5, 0), as in the release.
+    `autoregressive=True` (conv mode, PixelHVAE) masks the 1x1 kernel so that image channel c's
+    parameters see only the features of channel groups <= c (`layers.pixelcnn_head_mask`).
     """
 
-    def __init__(self, likelihood, image_shape, conv=False, **kwargs):
+    def __init__(self, likelihood, image_shape, conv=False, autoregressive=False, **kwargs):
         super().__init__(**kwargs)
         self.likelihood = likelihoods.check_likelihood(likelihood)
         self.image_shape = tuple(int(d) for d in image_shape)
         self.conv = bool(conv)
+        self.autoregressive = bool(autoregressive)
+        if self.autoregressive and not self.conv:
+            raise ValueError("An autoregressive ImageHead is a 1x1 convolution: pass conv=True.")
         self.num_params = likelihoods.num_params(likelihood)
 
     def build(self, input_shape):
@@ -57,10 +63,13 @@ class ImageHead(keras.layers.Layer):
         self.kernel = self.add_weight(name="kernel", shape=(int(input_shape[-1]), self.num_params * width),
                                       initializer=keras.initializers.HeNormal())
         self.bias = self.add_weight(name="bias", shape=(self.num_params * width,), initializer="zeros")
+        self._mask = (tf.constant(layers.pixelcnn_head_mask(int(input_shape[-1]), channels, self.num_params))
+                      if self.autoregressive else None)
 
     def call(self, h):
         if self.conv:
-            out = tf.tensordot(h, self.kernel, 1) + self.bias  # a 1x1 convolution
+            kernel = self.kernel if self._mask is None else self.kernel * tf.cast(self._mask, self.kernel.dtype)
+            out = tf.tensordot(h, kernel, 1) + self.bias  # a 1x1 convolution
         else:
             out = tf.matmul(h, self.kernel) + self.bias
         shape = tf.concat([tf.shape(h)[:1], self.image_shape], 0)
@@ -102,4 +111,4 @@ class ImageHead(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "likelihood": self.likelihood,
-                "image_shape": self.image_shape, "conv": self.conv}
+                "image_shape": self.image_shape, "conv": self.conv, "autoregressive": self.autoregressive}

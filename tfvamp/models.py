@@ -138,6 +138,7 @@ class LatentVariableModel(keras.Model):
 
     # ---- the protocol (families implement these) ----------------------------------------------
     top_latent_size = None
+    top_latent_name = None  # the layer the prior is on: 'z' or 'z2'
     latent_sizes = None  # {layer name: size}
 
     def _build_networks(self):
@@ -257,6 +258,58 @@ class LatentVariableModel(keras.Model):
     def _reconstruct_graph(self, x, seed):
         return self._reconstruct_from_seed(x, seed)
 
+    # ---- Keras' own workflow: compile / fit / evaluate --------------------------------------------
+    def compile(self, optimizer=None, **kwargs):
+        """`keras.Model.compile`; the loss is always the model's own negative ELBO.
+
+        `optimizer` defaults to the paper's AdamNormGrad (lr 5e-4). Then `fit(images)` trains on
+        `loss` = reconstruction + beta * KL per example (beta from the `tfvamp.training.WarmUp`
+        callback, 1 without it), with `reconstruction` and `kl` as metrics; `evaluate` reports
+        the same with beta = 1. A loss or metrics given here are refused: there is one objective.
+        """
+        if kwargs.get("loss") is not None or kwargs.get("metrics"):
+            raise ValueError("tfvamp models train on their own objective (the negative ELBO); compile takes an "
+                             "optimizer only, and reports loss, reconstruction and kl.")
+        kwargs.pop("loss", None)
+        if optimizer is None:
+            from tfvamp import optimizers  # pylint: disable=import-outside-toplevel
+            optimizer = optimizers.AdamNormGrad()
+        super().compile(optimizer=optimizer, **kwargs)
+        if not hasattr(self, "_fit"):
+            self._fit = _FitState()
+
+    @property
+    def fit_beta(self):
+        """The KL weight `fit` trains with (a variable; `tfvamp.training.WarmUp` sets it)."""
+        return self._fit.beta
+
+    @property
+    def metrics(self):
+        fit = getattr(self, "_fit", None)
+        return list(fit.trackers.values()) if fit is not None else []
+
+    def _fit_terms(self, data, beta, training):
+        x = data[0] if isinstance(data, (tuple, list)) else data
+        x = data["image"] if isinstance(x, dict) else x
+        terms = self.loss_terms(tf.cast(x, tf.float32), beta=beta, training=training)
+        for name, tracker in self._fit.trackers.items():
+            tracker.update_state(terms[name])
+        return terms
+
+    def train_step(self, data):
+        with tf.GradientTape() as tape:
+            terms = self._fit_terms(data, self._fit.beta, training=True)
+            # A mean per replica, divided by the replicas: Keras sums their gradients.
+            replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+            loss = tf.reduce_mean(terms["loss"]) / tf.cast(replicas, tf.float32)
+        grads = tape.gradient(loss, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+        return {name: tracker.result() for name, tracker in self._fit.trackers.items()}
+
+    def test_step(self, data):
+        self._fit_terms(data, 1.0, training=False)
+        return {name: tracker.result() for name, tracker in self._fit.trackers.items()}
+
     def get_config(self):
         """Every constructor argument but `pseudo_inputs_data` (the pseudo-inputs are weights)."""
         return {**super().get_config(), "image_shape": self.image_shape, "prior": self.prior_name,
@@ -273,6 +326,16 @@ class LatentVariableModel(keras.Model):
         return cls(**config)
 
 
+class _FitState:
+    """What `compile` adds for `fit`: the KL weight and the metric trackers. A plain object, so
+    that neither Keras nor tf.train.Checkpoint tracks it: checkpoints of a model are the same
+    whether it was compiled or not."""
+
+    def __init__(self):
+        self.beta = tf.Variable(1.0, trainable=False, dtype=tf.float32, name="fit_beta")
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in ("loss", "reconstruction", "kl")}
+
+
 @keras.saving.register_keras_serializable(package="tfvamp")
 class VAE(LatentVariableModel):
     """One stochastic layer: q(z|x) = GD(D,300) GD(300,300) -> heads; p(x|z) = GD(40,300) GD(300,300) -> D."""
@@ -286,6 +349,8 @@ class VAE(LatentVariableModel):
     @property
     def latent_sizes(self):
         return {"z": self.z1_size}
+
+    top_latent_name = "z"
 
     def _build_networks(self):
         self.q_z = _mlp([HIDDEN, HIDDEN], "q_z", flatten=True, dtype=self.hidden_dtype)
@@ -340,6 +405,8 @@ class HVAE(LatentVariableModel):
     @property
     def latent_sizes(self):
         return {"z1": self.z1_size, "z2": self.z2_size}
+
+    top_latent_name = "z2"
 
     # Sub-networks: the conv variants override these builders.
     def _build_encoders(self):
@@ -421,9 +488,16 @@ class HVAE(LatentVariableModel):
         return {"z1_mean": mean1, "z1_logvar": logvar1, "z2_mean": mean2, "z2_logvar": logvar2}
 
 
+MIN_CONV_SIDE = 3  # the conv encoders' two stride-2 convolutions: 3 -> 2 -> 1
+
+
 def _conv_flat_size(image_shape, channels=6):
-    """Flattened size after the encoders' two stride-2 convolutions (294 for 28x28)."""
+    """Flattened size after the encoders' two stride-2 convolutions: ceil(H / 4) x ceil(W / 4)
+    x 6 (294 for 28x28, 210 for Frey's 28x20, 384 for 32x32, 1536 for 64x64)."""
     h, w = image_shape[0], image_shape[1]
+    if min(h, w) < MIN_CONV_SIDE:
+        raise ValueError(f"The convolutional models take images of at least {MIN_CONV_SIDE}x{MIN_CONV_SIDE} pixels "
+                         f"(two stride-2 convolutions), got {h}x{w}; use the MLP models (vae, hvae) for smaller ones.")
     for _ in range(2):
         h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
     return h * w * channels
@@ -433,10 +507,14 @@ def _conv_flat_size(image_shape, channels=6):
 class ConvHVAE(HVAE):
     """HVAE with gated-convolution networks.
 
-    q(z2|x): gated convs 1->32 k7, 32->32 k3 s2, 32->64 k5, 64->64 k3 s2, 64->6 k3 -> heads.
-    q(z1|x,z2): the same stack with kernel 3 throughout, joined with GD(40,294)(z2) ->
-    GD(588,300) -> heads. p(x|z1,z2): [GD(z1,300), GD(z2,300)] -> GD(600,D) -> image ->
+    q(z2|x): gated convs C->32 k7, 32->32 k3 s2, 32->64 k5, 64->64 k3 s2, 64->6 k3 -> heads.
+    q(z1|x,z2): the same stack with kernel 3 throughout, joined with GD(40,F)(z2) ->
+    GD(2F,300) -> heads. p(x|z1,z2): [GD(z1,300), GD(z2,300)] -> GD(600,D) -> image ->
     4 gated convs (64, k3) -> 1x1 heads.
+
+    Any image size: the paper's 28x28 pattern is kept as it is (the same kernels, two stride-2
+    convolutions, 6 channels at the end), so the flattened map is F = ceil(H/4) ceil(W/4) 6
+    (294 for 28x28); images need at least 3 pixels a side. C channels in, C channels out.
     """
 
     model_name = "convhvae"
@@ -472,7 +550,10 @@ class PixelHVAE(ConvHVAE):
 
     p(x|z1,z2): GD(z1,D) and GD(z2,D) reshaped to image maps, concatenated with x as
     channels, then 8 masked 3x3 convs with 64 channels (mask A, then 7 x mask B), each
-    followed by batch norm and ReLU, then 1x1 heads. Pixels are generated one at a time.
+    followed by batch norm and ReLU, then 1x1 heads. With C > 1 channels the masks order them
+    as PixelCNN does (R before G before B within a pixel: `layers.pixelcnn_mask` with C channel
+    groups, the latent maps as ungrouped conditioning channels, a masked head), and pixels are
+    generated one (pixel, channel) at a time.
     """
 
     model_name = "pixelhvae"
@@ -481,16 +562,19 @@ class PixelHVAE(ConvHVAE):
     def _build_decoder(self):
         self.p_x_z1 = _mlp([self.num_pixels], "p_x_z1", dtype=self.hidden_dtype)
         self.p_x_z2 = _mlp([self.num_pixels], "p_x_z2", dtype=self.hidden_dtype)
+        channels = self.image_shape[-1]
         pixelcnn = []
         for i in range(8):
-            pixelcnn += [tl.MaskedConv2D("A" if i == 0 else "B", 64, 3, dtype=self.hidden_dtype),
+            pixelcnn += [tl.MaskedConv2D("A" if i == 0 else "B", 64, 3, num_groups=channels,
+                                         num_conditioning_channels=2 * channels if i == 0 else 0,
+                                         dtype=self.hidden_dtype),
                          # Synchronised across replicas so that statistics are the global batch's.
                          keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=True,
                                                          dtype=self.hidden_dtype),
                          keras.layers.ReLU(dtype=self.hidden_dtype)]
         self.pixelcnn = keras.Sequential(pixelcnn, name="pixelcnn")
-        self.p_x_head = ImageHead(self.likelihood_name, self.image_shape, conv=True, name="p_x_head",
-                                  dtype="float32")
+        self.p_x_head = ImageHead(self.likelihood_name, self.image_shape, conv=True, autoregressive=True,
+                                  name="p_x_head", dtype="float32")
 
     def _latent_maps(self, z1, z2):
         shape = tf.concat([tf.shape(z1)[:1], self.image_shape], 0)
@@ -503,16 +587,17 @@ class PixelHVAE(ConvHVAE):
         return self._pixel_features(x, self._latent_maps(z1, z2), training)
 
     def _generate_x(self, z1, z2, seed):
-        """Autoregressive sampling in raster order: one decoder pass per pixel, in the graph."""
+        """Autoregressive sampling: pixels in raster order and, within a pixel, channels in order;
+        one decoder pass per (pixel, channel), in the graph."""
         maps = self._latent_maps(z1, z2)
-        height, width, _ = self.image_shape
-        num = height * width
+        height, width, channels = self.image_shape
+        num = height * width * channels
 
         def body(i, x):
             params = self.p_x_head(self._pixel_features(x, maps, False))
             base = likelihoods.distribution(self.likelihood_name, params).distribution
             draw = base.sample(seed=tf.random.experimental.stateless_fold_in(seed, i))
-            mask = tf.reshape(tf.one_hot(i, num, dtype=x.dtype), [1, height, width, 1])
+            mask = tf.reshape(tf.one_hot(i, num, dtype=x.dtype), [1, height, width, channels])
             return i + 1, x * (1.0 - mask) + tf.cast(draw, x.dtype) * mask
 
         x0 = tf.zeros(tf.concat([tf.shape(z1)[:1], self.image_shape], 0))

@@ -1,7 +1,9 @@
 """Image grids for PNG files and TensorBoard.
 
-`image_grid` tiles `[N, H, W, C]` images in [0, 1] into one `[rows*(H+pad), cols*(W+pad), C]`
-uint8 picture; `save_png` writes it; `tensorboard_image` logs it.
+`image_grid` tiles `[N, H, W, C]` images in [0, 1] into one uint8 picture, each image enlarged
+`scale` times (nearest neighbour: pixels stay sharp); `save_png` writes it; `tensorboard_image`
+logs it; `sprite` is the square atlas TensorBoard's projector shows beside each point.
+`default_scale(height)` makes a tile at least `MIN_TILE_HEIGHT` pixels high.
 """
 import math
 import os
@@ -9,12 +11,31 @@ import os
 import numpy as np
 import tensorflow as tf
 
+MIN_TILE_HEIGHT = 56
 
-def image_grid(images, num_columns=None, padding=1, pad_value=1.0):
-    """Tiles images `[N, H, W, C]` (floats in [0, 1]) into one uint8 grid `[GH, GW, C]`."""
+
+def default_scale(height):
+    """The smallest integer enlargement that makes a tile of `height` pixels at least
+    `MIN_TILE_HEIGHT` high (2 for 28-pixel images)."""
+    return max(1, math.ceil(MIN_TILE_HEIGHT / int(height)))
+
+
+def enlarge(images, scale):
+    """`[N, H, W, C]` -> `[N, scale H, scale W, C]`, each pixel repeated (nearest neighbour)."""
+    scale = int(scale)
+    if scale < 1:
+        raise ValueError(f"scale must be an integer >= 1, got {scale}.")
+    images = np.asarray(images)
+    return images if scale == 1 else images.repeat(scale, axis=1).repeat(scale, axis=2)
+
+
+def image_grid(images, num_columns=None, padding=1, pad_value=1.0, scale=1):
+    """Tiles images `[N, H, W, C]` (floats in [0, 1]) into one uint8 grid `[GH, GW, C]`, each
+    enlarged `scale` times."""
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 4:
         raise ValueError(f"image_grid takes images [N, H, W, C], got shape {images.shape}.")
+    images = enlarge(images, scale)
     n, h, w, c = images.shape
     if n == 0:
         raise ValueError("image_grid got no images.")
@@ -44,10 +65,23 @@ def save_png(path, grid):
     return path
 
 
-def tensorboard_image(name, images, step, num_columns=None):
-    """Logs images `[N, H, W, C]` in [0, 1] as one grid to the default summary writer."""
-    grid = image_grid(images, num_columns)
+def tensorboard_image(name, images, step, num_columns=None, scale=None):
+    """Logs images `[N, H, W, C]` in [0, 1] as one grid to the default summary writer
+    (`scale` None: `default_scale`)."""
+    grid = image_grid(images, num_columns, scale=scale or default_scale(np.shape(images)[1]))
     return tf.summary.image(name, grid[None].astype(np.float32) / 255.0, step=step)
+
+
+def sprite(images):
+    """The projector's sprite: images `[N, H, W, C]` in [0, 1] tiled row-major into a square
+    uint8 atlas without padding (TensorBoard finds image i at row i // n, column i % n,
+    n = ceil(sqrt(N))). Grey images are written as RGB."""
+    images = np.asarray(images, np.float32)
+    if images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
+    n = int(math.ceil(math.sqrt(len(images))))
+    blank = np.ones((n * n - len(images),) + images.shape[1:], np.float32)  # a square atlas, as TensorBoard draws it
+    return image_grid(np.concatenate([images, blank]), num_columns=n, padding=0, pad_value=1.0)
 
 
 def histogram_image(values, bins=50, width=480, height=320, title=None):

@@ -148,17 +148,25 @@ class GaussianMixture(tfd.MixtureSameFamily):
         # Stored [G, 2D + 1, K] so that no transpose runs per matmul.
         return tf.transpose(weights, [0, 2, 1]), tf.reduce_logsumexp(bias, -1)
 
-    def _log_prob(self, x):
-        dtype = x.dtype
-        size = tf.shape(self._means)[-1]
-        flat = tf.reshape(x, [-1, size])
-        # One centre, the components' mean (constant for the gradient): smaller magnitudes,
-        # less cancellation in the expansion than about the origin.
-        centre = tf.stop_gradient(tf.reduce_mean(tf.cast(self._means, dtype), 0, keepdims=True))
-        weights, _ = self._centred_weights(centre, dtype)
-        zc = flat - centre
+    def component_log_probs(self, z):
+        """log w_k + log N(z | m_k, v_k) for every component: `[N, D]` -> `[N, K]` (one matmul).
+
+        Centred on the components' mean (constant for the gradient): smaller magnitudes, less
+        cancellation in the expansion than about the origin.
+        """
+        centre = tf.stop_gradient(tf.reduce_mean(tf.cast(self._means, z.dtype), 0, keepdims=True))
+        weights, _ = self._centred_weights(centre, z.dtype)
+        zc = z - centre
         features = tf.concat([tf.square(zc), zc, tf.ones_like(zc[:, :1])], -1)
-        log_p = tf.reduce_logsumexp(tf.matmul(features, weights[0]), -1)
+        return tf.matmul(features, weights[0])
+
+    def responsibilities(self, z):
+        """p(k | z), `[N, D]` -> `[N, K]`, each row summing to 1."""
+        return tf.nn.softmax(self.component_log_probs(z), -1)
+
+    def _log_prob(self, x):
+        flat = tf.reshape(x, [-1, tf.shape(self._means)[-1]])
+        log_p = tf.reduce_logsumexp(self.component_log_probs(flat), -1)
         return tf.reshape(log_p, tf.shape(x)[:-1])
 
     def log_prob_by_image(self, centres, dtype=tf.float32):

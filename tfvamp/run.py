@@ -22,6 +22,8 @@ from tfvamp import checkpointing
 from tfvamp import distribute
 from tfvamp import evaluation
 from tfvamp import export
+from tfvamp import flags
+from tfvamp import image_sources
 from tfvamp import priors
 from tfvamp import training
 
@@ -53,16 +55,36 @@ def load_data(config):
     (`priors.needs_training_images`), else None.
     """
     from tfvamp import data  # pylint: disable=import-outside-toplevel  (TFDS is slow to import)
+    options = flags.source_options(config)
     splits = data.load(config["dataset"], config["batch_size"], seed=config["seed"],
                        eval_batch_size=config["eval_batch_size"], data_dir=config["data_dir"],
                        manual_dir=config["manual_dir"], shuffle_train=True, drop_remainder=True,
-                       max_steps_per_epoch=config["max_steps_per_epoch"])
+                       max_steps_per_epoch=config["max_steps_per_epoch"], options=options)
     pseudo_inputs_data = None
     if priors.needs_training_images(config["prior"], config["pseudo_inputs_init"]):
         # All training images: the model draws K of them at random, seeded by --seed.
         pseudo_inputs_data = data.as_numpy(config["dataset"], "train", data_dir=config["data_dir"],
-                                           manual_dir=config["manual_dir"])
+                                           manual_dir=config["manual_dir"], options=options)
     return splits, pseudo_inputs_data
+
+
+def describe_data(config, info):
+    """The data section of results.json: what was read and what was inferred from it."""
+    return {"dataset": config["dataset"], "input_shape": list(info.input_shape),
+            "num_examples": dict(info.num_examples), "carved_splits": list(getattr(info, "carved", ())),
+            "carve_seed": image_sources.SPLIT_SEED if getattr(info, "carved", ()) else None,
+            "pixels": getattr(info, "pixels", None), "likelihood": config["likelihood"],
+            "pseudo_inputs_init": [config["pseudo_inputs_mean"], config["pseudo_inputs_std"]]}
+
+
+def _print_data(section):
+    sizes = " / ".join(f"{section['num_examples'].get(s, 0)} {s}" for s in ("train", "validation", "test"))
+    carved = (f" ({' and '.join(section['carved_splits'])} carved from the training images, seed "
+              f"{section['carve_seed']})" if section["carved_splits"] else "")
+    shape = "x".join(map(str, section["input_shape"]))
+    print(f"Data: {section['dataset']}, {shape}, {sizes}{carved}; likelihood {section['likelihood']}; "
+          f"pseudo-inputs start from N({section['pseudo_inputs_init'][0]:.3g}, "
+          f"{section['pseudo_inputs_init'][1]:.3g})", flush=True)
 
 
 def evaluate_best(model, config, test_dataset, summary, num_test=None):
@@ -85,13 +107,25 @@ def evaluate_best(model, config, test_dataset, summary, num_test=None):
                                     seed=int(config["seed"]))
     pixel = config["model"] == "pixelhvae"  # autoregressive sampling is slow on CPU
     evaluation.write_pictures(model, images, os.path.join(model_dir, "pictures"),
-                              log_likelihoods=per_example["log_likelihood"], writer=writer, step=step,
-                              num_samples=min(int(config["num_images"]), 16 if pixel else 64),
-                              seed=int(config["seed"]), prefix="test_images")
+                              log_likelihoods=per_example["log_likelihood"], usage=per_example.get("component_usage"),
+                              writer=writer, step=step, num_samples=min(int(config["num_images"]), 16 if pixel else 64),
+                              seed=int(config["seed"]), scale=config["picture_scale"] or None, prefix="test_images")
     writer.close()
+    _write_projector(model, dataset, per_example, os.path.join(model_dir, checkpointing.TENSORBOARD_DIR))
     partial = num_test is not None and test["num_examples"] < int(num_test)
     return dict(test, best_epoch=summary.get("best_epoch"), eval_samples=int(config["eval_samples"]),
                 partial_test_set=bool(partial))
+
+
+def _write_projector(model, dataset, per_example, log_dir):
+    """The test set's top latent means in TensorBoard's projector (at most PROJECTOR_MAX_IMAGES)."""
+    limit = evaluation.PROJECTOR_MAX_IMAGES
+    images = [x.numpy() for x in dataset.unbatch().take(limit).batch(1000)]
+    images = images and tf.concat(images, 0).numpy()
+    if len(images) < 2:
+        return None
+    means = per_example[f"{model.top_latent_name}_mean"][:limit]
+    return evaluation.write_projector(log_dir, means, images, per_example["log_likelihood"][:limit])
 
 
 def _pending_steps(config, summary, done):
@@ -198,8 +232,11 @@ def run(config, strategy=None, splits=None, pseudo_inputs_data=None):
                 pseudo_inputs_data = loaded if pseudo_inputs_data is None else pseudo_inputs_data
         except KeyboardInterrupt:
             raise training.TrainingInterrupted("Interrupted while loading the data; nothing was saved.") from None
+        data_section = describe_data(config, splits.info)
+        _print_data(data_section)
         if is_chief:  # only once the data is there: a failed start leaves no config behind
             checkpointing.save_config(model_dir, config)
+            checkpointing.update_results(model_dir, {"data": data_section})
         trainer = training.Trainer(config, strategy, pseudo_inputs_data)
         print(f"Training {config['model']} + {config['prior']} on {config['dataset']} with "
               f"{type(strategy).__name__} ({trainer.num_replicas} replica(s)"
@@ -208,5 +245,23 @@ def run(config, strategy=None, splits=None, pseudo_inputs_data=None):
         results = {"training": summary}
         if is_chief:
             results = checkpointing.update_results(model_dir, _finish(config, splits, summary))
+            _print_where(config, results)
     trainer.agree([0.0])  # workers wait for the chief
     return results
+
+
+def _print_where(config, results):
+    """The run's outputs and how to look at them."""
+    model_dir = config["model_dir"]
+    rows = [("checkpoints", os.path.join(model_dir, checkpointing.CHECKPOINT_DIR)),
+            ("best weights", os.path.join(model_dir, checkpointing.BEST_DIR)),
+            ("results", os.path.join(model_dir, checkpointing.RESULTS_FILE))]
+    if "test" in results:
+        rows.append(("pictures", os.path.join(model_dir, "pictures")))
+    rows.append(("TensorBoard", os.path.join(model_dir, checkpointing.TENSORBOARD_DIR)))
+    if results.get("saved_model"):
+        rows.append(("SavedModel", results["saved_model"]))
+    print("\n".join(f"  {name:<13}{path}" for name, path in rows), flush=True)
+    print(f"View the run: tensorboard --logdir {os.path.join(model_dir, checkpointing.TENSORBOARD_DIR)}", flush=True)
+    if results.get("saved_model"):
+        print(f"Sample from it: python scripts/sample.py --saved_model {results['saved_model']}", flush=True)

@@ -73,6 +73,26 @@ def warmup_beta(epoch, warmup_epochs):
     return min(float(epoch) / float(warmup_epochs), 1.0)
 
 
+class WarmUp(keras.callbacks.Callback):
+    """The paper's KL warm-up for `model.fit`: before epoch e (1-based) the model's
+    `fit_beta` becomes `warmup_beta(e, warmup_epochs)`.
+
+        model.compile(optimizer=tfvamp.AdamNormGrad(5e-4))
+        model.fit(images, epochs=200, batch_size=100, callbacks=[tfvamp.WarmUp(100)])
+    """
+
+    def __init__(self, warmup_epochs=100):
+        super().__init__()
+        self.warmup_epochs = int(warmup_epochs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.fit_beta.assign(warmup_beta(epoch + 1, self.warmup_epochs))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["beta"] = float(self.model.fit_beta.numpy())
+
+
 class EarlyStopping:
     """The release's early stopping on the validation loss (negative ELBO with beta = 1).
 

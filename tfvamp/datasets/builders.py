@@ -43,7 +43,7 @@ from tfvamp.datasets.sources import (
     unpickle,
 )
 
-SPLITS = ("train", "validation", "test")
+from tfvamp.datasets.facts import SPLITS, sizes  # noqa: E402  (one table of the datasets' facts)
 # Seed of the fixed permutations that carve Frey's and OMNIGLOT's splits. The release
 # shuffled without a seed; tfvamp fixes it. np.random.RandomState's stream is frozen by
 # NumPy's compatibility policy, so the splits are the same with every NumPy version.
@@ -208,7 +208,7 @@ class TfvampStaticMnist(_TfvampBuilder):
                    (f"{_LAROCHELLE}/binarized_mnist_{s}.amat",), digest=_STATIC_DIGESTS[s],
                    sha256=(_STATIC_FILES[s][0],), max_size=2 * _STATIC_FILES[s][1])
         for s in ("train", "valid", "test"))
-    SIZES = {"train": 50000, "validation": 10000, "test": 10000}
+    SIZES = sizes("static_mnist")
     IMAGE_DOC = "uint8 0/1 (fixed binarisation of the original file)"
     DESCRIPTION = ("Binarized MNIST with the fixed binarisation of Larochelle & Murray (2011), "
                    "from the original .amat text files; splits = the three files.")
@@ -357,7 +357,7 @@ class TfvampCaltech101Silhouettes(_TfvampBuilder):
         digest="70648b83629d810c48bbc36efff349d796601d677bae8ca03de6ad5f8963552f",
         sha256=("eb6735e8d84b1850fabc5590124aab1755e90c9fd28123585324398405e1e42a",),
         max_size=2 * 6_813_928),)  # what its compressed variables inflate to (the file: 872 KB)
-    SIZES = {"train": 4100, "validation": 2264, "test": 2307}
+    SIZES = sizes("caltech101_silhouettes")
     NUM_CLASSES = 101
     IMAGE_DOC = "uint8 0/1, inverted from the file (1 - x) so that object pixels are 1"
     DESCRIPTION = ("Caltech 101 Silhouettes 28x28, split 1, from the original .mat file: rows "
@@ -400,7 +400,7 @@ class TfvampFreyFaces(_TfvampBuilder):
         alt_names=("frey_rawface.mat",), digest="1056424259835ee7082802a13633b9d004232e19f5daeb1dd1ac99be0c098502",
         sha256=("3b69410c6a5fd6e03f09012905168be3712373a094a776f7e58fcd0670d2138a",),
         max_size=2 * 3_568_521),)
-    SIZES = {"train": 1565, "validation": 200, "test": 200}
+    SIZES = sizes("frey_faces")
     IMAGE_SHAPE = (28, 20, 1)
     IMAGE_DOC = "uint8 raw grey 0..255 (tfvamp.data maps x -> (x + 0.5) / 256)"
     DESCRIPTION = ("Brendan Frey's face images, 1965 x 28x20 grey, from freyfaces.pkl (the copy "
@@ -458,7 +458,7 @@ class TfvampHistopathology(_TfvampBuilder):
         max_size=2 * 240_000_000),)
     BUILDER_CONFIGS = [SizeCheckConfig(
         name="paper", description="The paper's sizes: 6800 / 2000 / 2000 images.")]
-    SIZES = {"train": 6800, "validation": 2000, "test": 2000}
+    SIZES = sizes("histopathology")
     KEYS = {"train": "training", "validation": "validation", "test": "test"}
     IMAGE_DTYPE = np.float32
     IMAGE_DOC = "float32 grey in [0, 1] as in the pickle (tfvamp.data clips to [1/512, 1 - 1/512])"

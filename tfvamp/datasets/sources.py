@@ -49,7 +49,7 @@ from tfvamp.datasets.errors import (
     UnsafeContentError,
 )
 
-MANUAL_DIR_ENV = "TFVAMP_MANUAL_DIR"
+from tfvamp.datasets.facts import MANUAL_DIR_ENV  # noqa: E402
 # Set to 1 to never try a download (tests, air-gapped machines): a missing file fails at once.
 OFFLINE_ENV = "TFVAMP_OFFLINE"
 # Set to 1 to accept a file whose content checksum differs from the original (a warning instead).
