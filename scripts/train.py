@@ -31,12 +31,14 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         return console.fail(f"unexpected arguments {argv[1:]} (flags are --name=value). {console.FLAG_HINT}", 2)
+    from tfvamp import data  # pylint: disable=import-outside-toplevel
     try:
         config = tflags.config_from_flags(FLAGS)
+    except data.DataError as e:  # the images named by --dataset cannot be used
+        return console.fail(str(e), 1)
     except ValueError as e:
         return console.fail(f"{e}\n{console.FLAG_HINT}", 2)
     # pylint: disable=import-outside-toplevel
-    from tfvamp import data
     from tfvamp import distribute
     from tfvamp import profiling
     from tfvamp import run
