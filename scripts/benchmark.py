@@ -15,6 +15,11 @@ matmul throughput measured in the same run (best of square sizes 1024-3072, at t
 The last column divides them instead by a matmul rate measured just before and after each
 timing, which separates a shared host's drift during a long run from the code's speed.
 Each configuration runs in its own process so that its peak memory is its own.
+
+What a user waits for is the epoch: the VampPrior rows at K = 500 (and --quick) also time
+--epochs whole epochs of the real loop (`Trainer.fit`: input pipeline, validation pass,
+checkpoint, TensorBoard) and report seconds per epoch and epoch time / (steps x step time),
+with a warning above 1.1. The colour rows train convHVAE and PixelHVAE on 32x32x3 8-bit images.
 """
 import json
 import os
@@ -44,9 +49,12 @@ flags.DEFINE_enum("eval_prior_dtype", "float32", ["float64", "float32"],
                   "Precision of the mixture prior's log-density in the IS estimator.")
 flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA for the train step.")
 flags.DEFINE_integer("repeats", 5, "Timed repeats (the median is reported).")
-flags.DEFINE_bool("pipeline", True, "Also time the full loop over real static MNIST against the step alone "
-                  "(needs the data files: --manual_dir or $TFVAMP_MANUAL_DIR).")
-flags.DEFINE_string("manual_dir", None, "Original data files (for --pipeline).")
+flags.DEFINE_integer("epochs", 3, "Also time this many whole epochs of the real loop (input pipeline, validation, "
+                     "checkpoint, TensorBoard) for the VampPrior rows at K = 500 (and in --quick), over static "
+                     "MNIST's files when found (--manual_dir / $TFVAMP_MANUAL_DIR), else synthetic images; 0 = off.")
+flags.DEFINE_string("manual_dir", None, "Original data files (static MNIST for the epoch rows).")
+flags.DEFINE_bool("colour_rows", True, "Also the 32x32x3 rows: convHVAE and PixelHVAE with a VampPrior (K = 500) on "
+                  "8-bit colour images.")
 flags.DEFINE_bool("quick", False, "Smoke test: VAE and HVAE, K in {1, 50}, S=50, 2 repeats (flags given "
                   "explicitly, e.g. --models, win).")
 flags.DEFINE_string("output_json", None, "Write all numbers here as JSON.")
@@ -56,23 +64,57 @@ flags.DEFINE_string("worker", None, "Internal: run one configuration (JSON) and 
 
 
 # ---- one configuration, in its own process ------------------------------------------------
-def _run_worker(spec):
+def _worker_setup(spec):
+    """The run config, its trainer and one fixed batch of the row's image shape: binary 28x28x1
+    (static MNIST's shape and likelihood) or 8-bit colour (e.g. 32x32x3, discretized logistic)."""
     import numpy as np  # pylint: disable=import-outside-toplevel
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-    from tfvamp import data, profiling, training  # pylint: disable=import-outside-toplevel
+    from tfvamp import data, training  # pylint: disable=import-outside-toplevel
     from tfvamp import flags as tflags  # pylint: disable=import-outside-toplevel
 
-    model_dir = tempfile.mkdtemp(prefix="tfvamp_bench_")
+    shape = tuple(spec.get("image_shape", (28, 28, 1)))
+    binary = shape == (28, 28, 1)
+    info = data.get_info("static_mnist") if binary else data.DatasetInfo(
+        "synthetic_8bit", shape, "discretized_logistic", 0.5, 0.02, {"train": 5000, "validation": 500, "test": 500},
+        False, None, "bins")
     config = tflags.validate_config(tflags.default_config(
-        dataset="static_mnist", model=spec["model"], prior=spec["prior"], num_components=spec["k"],
-        batch_size=spec["batch_size"], model_dir=model_dir, jit_compile=spec["jit_compile"],
-        compute_dtype=spec["compute_dtype"], progress=False, evaluate=False, export=False),
-        info=data.get_info("static_mnist"))
-    trainer = training.Trainer(config)
+        dataset=info.name, model=spec["model"], prior=spec["prior"],
+        num_components=spec["k"], batch_size=spec["batch_size"], model_dir=tempfile.mkdtemp(prefix="tfvamp_bench_"),
+        jit_compile=spec["jit_compile"], compute_dtype=spec["compute_dtype"], progress=False, evaluate=False,
+        export=False), info=info)
     rng = np.random.default_rng(0)
-    x = (rng.uniform(size=(spec["batch_size"], 28, 28, 1)) < 0.13).astype(np.float32)
+    if binary:
+        x = (rng.uniform(size=(spec["batch_size"],) + shape) < 0.13).astype(np.float32)
+    else:
+        x = ((rng.integers(0, 256, (spec["batch_size"],) + shape) + 0.5) / 256).astype(np.float32)
+    return config, info, training.Trainer(config), x
+
+
+def _epoch_splits(spec, info, x):
+    """The data of the epoch rows: static MNIST from its files when they are there, else images
+    of the row's shape through the same pipeline (`tfvamp.data.from_array`)."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+
+    from tfvamp import data  # pylint: disable=import-outside-toplevel
+
+    if spec.get("manual_dir") and info.name == "static_mnist" and not spec["quick"]:
+        return data.load("static_mnist", spec["batch_size"], manual_dir=spec["manual_dir"],
+                         eval_batch_size=100), "static MNIST"
+    count = 20 * spec["batch_size"] if spec["quick"] else 100 * spec["batch_size"]
+    images = np.resize(np.round(x * 255).astype(np.uint8), (count,) + x.shape[1:])
+    if info.likelihood == "bernoulli":
+        images = (images > 127).astype(np.uint8)
+    return data.from_array(images, spec["batch_size"], eval_batch_size=100), f"{count} synthetic images"
+
+
+def _run_worker(spec):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    from tfvamp import profiling  # pylint: disable=import-outside-toplevel
+
+    config, info, trainer, x = _worker_setup(spec)
     out = {"model": spec["model"], "prior": spec["prior"], "k": spec["k"], "jit_compile": trainer.jit_compile,
+           "image_shape": list(x.shape[1:]), "compute_dtype": spec["compute_dtype"],
            "train": _beside_peak(lambda: profiling.benchmark_training(trainer, x, repeats=spec["repeats"]))}
     if spec.get("eval_images"):
         x_eval = x[:spec["eval_images"]]
@@ -87,9 +129,9 @@ def _run_worker(spec):
             out["eval_ops"] = profiling.op_times(
                 lambda: trainer.model.log_likelihood(x_eval, spec["eval_samples"], prior_dtype=spec["eval_prior_dtype"]),
                 calls=1, warmup=1)[1][:top]
-    if spec.get("pipeline"):
-        splits = data.load("static_mnist", spec["batch_size"], manual_dir=spec.get("manual_dir"))
-        out["pipeline"] = profiling.benchmark_input_pipeline(trainer, splits.train, x)
+    if spec.get("epochs"):
+        splits, source = _epoch_splits(spec, info, x)
+        out["epochs"] = dict(profiling.benchmark_epochs(config, splits, x, epochs=spec["epochs"]), data=source)
     out["peak_rss_mb"] = profiling.peak_rss_bytes() / 2 ** 20
     print("RESULT " + json.dumps(out), flush=True)
 
@@ -131,7 +173,7 @@ def _machine():
 
 
 def _table(rows, peak):
-    header = ("model", "prior", "K", "step ms", "steps/s", "ex/s", "GFLOP/step", "GFLOP/s", "% peak",
+    header = ("model", "image", "prior", "K", "step ms", "steps/s", "ex/s", "GFLOP/step", "GFLOP/s", "% peak",
               "vs std", "eval img/s", "eval MFLOP/img", "eval % peak", "peak MB", "% beside (train, eval)")
     lines = [" | ".join(header), " | ".join("---" for _ in header)]
     for r in rows:
@@ -139,7 +181,8 @@ def _table(rows, peak):
         rate = t["flops_per_step"] / t["seconds_per_step"]
         ev = r.get("eval")
         ev_rate = ev["flops_per_image"] * ev["images_per_second"] if ev else None
-        cells = (r["model"], r["prior"], str(r["k"]) if r["prior"] != "standard" else "-",
+        cells = (r["model"], "x".join(map(str, r.get("image_shape", (28, 28, 1)))), r["prior"],
+                 str(r["k"]) if r["prior"] != "standard" else "-",
                  f"{1000 * t['seconds_per_step']:.1f}", f"{t['steps_per_second']:.1f}",
                  f"{t['examples_per_second']:.0f}", f"{t['flops_per_step'] / 1e9:.2f}", f"{rate / 1e9:.0f}",
                  f"{100 * rate / peak:.0f}%", f"{r['overhead']:.2f}x" if r.get("overhead") else "1.00x",
@@ -152,6 +195,28 @@ def _table(rows, peak):
     return "\n".join(lines)
 
 
+def _grid(models, components, eval_samples, repeats, manual_dir):
+    """The worker specs: each model x (standard, VampPrior at each K) on 28x28x1, then the colour rows."""
+    specs = []
+    common = {"batch_size": FLAGS.batch_size, "eval_samples": eval_samples, "compute_dtype": FLAGS.compute_dtype,
+              "eval_prior_dtype": FLAGS.eval_prior_dtype, "jit_compile": FLAGS.jit_compile, "repeats": repeats,
+              "quick": FLAGS.quick, "manual_dir": manual_dir, "op_profile": FLAGS.op_profile}
+    for model in models:
+        conv = model in ("convhvae", "pixelhvae")
+        for prior, k in [("standard", 1)] + [("vampprior", k) for k in components]:
+            paper_k = prior == "standard" or k == 500 or FLAGS.quick
+            specs.append(dict(common, model=model, prior=prior, k=k, image_shape=[28, 28, 1],
+                              # Evaluation at the paper's K (and the standard prior) only: it is the slow part.
+                              eval_images=(FLAGS.conv_eval_images if conv else FLAGS.eval_images) if paper_k else 0,
+                              epochs=FLAGS.epochs if (prior == "vampprior" and (k == 500 or FLAGS.quick)
+                                                      and not conv) else 0))
+    if FLAGS.colour_rows and not FLAGS.quick:
+        for model in ("convhvae", "pixelhvae"):
+            specs.append(dict(common, model=model, prior="vampprior", k=500, image_shape=[32, 32, 3],
+                              eval_images=FLAGS.conv_eval_images, epochs=0))
+    return specs
+
+
 def _print_row(row, peak):
     """One configuration's numbers as they come in (and, with --op_profile, its slowest ops)."""
     t = row["train"]
@@ -160,8 +225,12 @@ def _print_row(row, peak):
           f"({100 * t['flops_per_step'] / t['seconds_per_step'] / t['beside_peak_flops']:.0f}% of the "
           f"matmul rate beside it)"
           + (f"; eval {row['eval']['images_per_second']:.2f} img/s" if "eval" in row else "")
-          + (f"; loop/step {row['pipeline']['loop_over_step']:.2f}" if "pipeline" in row else ""),
+          + (f"; {row['epochs']['seconds_per_epoch']:.2f} s per epoch, epoch/steps "
+             f"{row['epochs']['epoch_over_steps']:.2f}" if "epochs" in row else ""),
           flush=True)
+    if "epochs" in row and row["epochs"]["epoch_over_steps"] > 1.1:
+        print(f"    WARNING: an epoch takes {row['epochs']['epoch_over_steps']:.2f}x its steps' time "
+              f"({row['epochs']['data']}): something other than the steps waits.", flush=True)
     for key, label in (("train_ops", "train step"), ("eval_ops", "evaluation")):
         if key in row:
             print(f"      slowest ops of the {label} (ms per call, overlapping):")
@@ -194,32 +263,20 @@ def main(argv):
     peak_bf16 = profiling.matmul_peak(dtype=tf.bfloat16)
     print(f"machine: {machine}")
     print(f"dense matmul peak: float32 {peak / 1e9:.0f} GFLOP/s, bfloat16 {peak_bf16 / 1e9:.0f} GFLOP/s", flush=True)
-    if FLAGS.pipeline and not FLAGS.quick and not manual_dir:
-        print("note: skipping the input-pipeline check (--pipeline): it reads static MNIST from its original "
-              "files; pass --manual_dir or set TFVAMP_MANUAL_DIR (e.g. ../shared/data).", flush=True)
+    if FLAGS.epochs and not FLAGS.quick and not manual_dir:
+        print("note: the epoch rows run on synthetic images: static MNIST's files were not found (--manual_dir or "
+              "TFVAMP_MANUAL_DIR, e.g. ../shared/data).", flush=True)
     rows = []
-    for model in models:
-        conv = model in ("convhvae", "pixelhvae")
-        standard_seconds = None
-        for prior, k in [("standard", 1)] + [("vampprior", k) for k in components]:
-            spec = {"model": model, "prior": prior, "k": k, "batch_size": FLAGS.batch_size,
-                    "eval_samples": eval_samples, "compute_dtype": FLAGS.compute_dtype,
-                    "eval_prior_dtype": FLAGS.eval_prior_dtype, "jit_compile": FLAGS.jit_compile,
-                    "repeats": repeats, "quick": FLAGS.quick,
-                    # Evaluation at the paper's K (and the standard prior) only: it is the slow part.
-                    "eval_images": ((FLAGS.conv_eval_images if conv else FLAGS.eval_images)
-                                    if prior == "standard" or k == 500 or FLAGS.quick else 0),
-                    "pipeline": bool(FLAGS.pipeline and manual_dir and not FLAGS.quick and not conv
-                                     and prior == "vampprior" and k == 500),
-                    "manual_dir": manual_dir, "op_profile": FLAGS.op_profile}
-            print(f"... {model} {prior}" + (f" K={k}" if prior != "standard" else ""), flush=True)
-            row = _spawn(spec)
-            if prior == "standard":
-                standard_seconds = row["train"]["seconds_per_step"]
-            else:
-                row["overhead"] = row["train"]["seconds_per_step"] / standard_seconds
-            rows.append(row)
-            _print_row(row, peak)
+    for spec in _grid(models, components, eval_samples, repeats, manual_dir):
+        label = f"{spec['model']} {spec['prior']}" + (f" K={spec['k']}" if spec["prior"] != "standard" else "")
+        print(f"... {label} {'x'.join(map(str, spec['image_shape']))}", flush=True)
+        row = _spawn(spec)
+        standard = [r for r in rows if r["model"] == row["model"] and r["prior"] == "standard"
+                    and r["image_shape"] == row["image_shape"]]
+        if row["prior"] != "standard" and standard:
+            row["overhead"] = row["train"]["seconds_per_step"] / standard[0]["train"]["seconds_per_step"]
+        rows.append(row)
+        _print_row(row, peak)
     print()
     print(_table(rows, peak))
     result = {"machine": machine, "matmul_peak_flops": peak, "matmul_peak_flops_bfloat16": peak_bf16,

@@ -88,7 +88,7 @@ def test_benchmark_script_quick(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"), "--quick", "--models=vae",
-         "--components=2", "--nopipeline", "--op_profile=3", f"--output_json={out}"],
+         "--components=2", "--op_profile=3", f"--output_json={out}"],
         cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -100,6 +100,12 @@ def test_benchmark_script_quick(tmp_path):
         assert 0 < row["train"]["seconds_per_step"] < 10 and row["peak_rss_mb"] > 0
         assert len(row["train_ops"]) == 3 and len(row["eval_ops"]) == 3
         assert 1e9 < row["train"]["beside_peak_flops"] and 1e9 < row["eval"]["beside_peak_flops"]
+    # The epoch rows: whole epochs of the real loop beside the step alone.
+    epochs = result["rows"][1]["epochs"]
+    assert len(epochs["epoch_seconds"]) == 3 and epochs["steps"] == 16  # 2000 images, 20% carved, batch 100
+    assert epochs["epoch_over_steps"] == pytest.approx(
+        epochs["seconds_per_epoch"] / (epochs["steps"] * epochs["step_seconds"]))
+    assert 0.5 < epochs["epoch_over_steps"] < 5
     # The VampPrior adds the pseudo-inputs' encoder pass and the mixture to the same step.
     assert result["rows"][1]["train"]["flops_per_step"] > standard["flops_per_step"]
     assert "% peak" in proc.stdout and result["machine"]["cpu"]

@@ -158,23 +158,30 @@ def benchmark_training(trainer, x, repeats=5, iterations=30, warmup=3):
             "examples_per_second": batch / seconds, "flops_per_step": flops}
 
 
-def benchmark_input_pipeline(trainer, dataset, x, steps=None):
-    """A whole epoch of the training loop against the step alone.
+def benchmark_epochs(config, splits, x, epochs=3, strategy=None):
+    """Whole epochs through the real loop (`Trainer.fit`: the input pipeline, the validation pass,
+    checkpoints, TensorBoard), against the step alone on the fixed batch `x`.
 
-    The loop includes everything an epoch pays for: creating the iterator (which fills the
-    shuffle buffer), tf.data's work, and the per-step host code. Timing only a few steps would
-    charge the buffer fill to those few, so a whole epoch is timed.
-
-    Returns seconds per step of both and their ratio (near 1: the pipeline keeps up).
+    Returns a dict: `epoch_seconds` (each epoch; the first also traces the step), `steps` per
+    epoch, `seconds_per_epoch` (median of the epochs after the first), `step_seconds`, and
+    `epoch_over_steps` = seconds_per_epoch / (steps x step_seconds): what an epoch costs beyond
+    its steps (near 1: nothing else waits).
     """
-    trainer.train_epoch(1, dataset.take(2), steps=2)  # trace the step
-    _, num_steps, seconds = trainer.train_epoch(1, dataset if steps is None else dataset.take(steps),
-                                                steps=steps)
-    step_alone = time_call(trainer.train_step, tf.convert_to_tensor(x, tf.float32), warmup=1, repeats=3,
-                           iterations=20)
-    loop = seconds / max(num_steps, 1)
-    return {"loop_seconds_per_step": loop, "step_seconds": step_alone, "loop_over_step": loop / step_alone,
-            "steps": num_steps}
+    model_dir = tempfile.mkdtemp(prefix="tfvamp_epochs_")
+    try:
+        config = dict(config, epochs=int(epochs), model_dir=model_dir, image_every_epochs=0, progress=False,
+                      evaluate=False, export=False, checkpoints_to_keep=1)
+        trainer = training.Trainer(config, strategy)
+        trainer.fit(splits)
+        seconds = [row["seconds"] for row in trainer.history]
+        steps = trainer.history[-1]["steps"]
+        step = time_call(trainer.train_step, tf.convert_to_tensor(x, tf.float32), warmup=1, repeats=3,
+                         iterations=max(5, min(50, steps)))
+    finally:
+        shutil.rmtree(model_dir, ignore_errors=True)
+    per_epoch = float(np.median(seconds[1:] if len(seconds) > 1 else seconds))
+    return {"epoch_seconds": seconds, "steps": steps, "seconds_per_epoch": per_epoch, "step_seconds": step,
+            "epoch_over_steps": per_epoch / (steps * step)}
 
 
 def evaluation_flops(model, batch_size, num_samples, chunk_size, prior_dtype="float32"):

@@ -215,6 +215,7 @@ class Trainer:
         keras.utils.set_random_seed(int(config["seed"]))
         with self.strategy.scope():
             self._build_state(pseudo_inputs_data)
+        self.history = []  # one dict per epoch this process ran: epoch, seconds, steps, losses
         grads = self._replica_grads
         self._grads_fn = tf.function(grads, jit_compile=True) if self.jit_compile else grads
         self._train_step = tf.function(self._distributed_step)
@@ -538,6 +539,8 @@ class Trainer:
         self._save(self.checkpoint, self.checkpoint_dir, epoch, keep=int(self.config["checkpoints_to_keep"]))
         epoch_seconds = time.perf_counter() - epoch_start
         examples_per_second = num_steps * self.global_batch / max(train_seconds, 1e-9)
+        self.history.append({"epoch": epoch, "seconds": epoch_seconds, "train_seconds": train_seconds,
+                             "steps": num_steps, "train_loss": float(train[0]), "validation_loss": float(val[0])})
         self._log_scalars(writer, epoch, train, val, epoch_seconds, examples_per_second)
         every = int(self.config["image_every_epochs"])
         if every and (epoch == clock[1] or epoch % every == 0 or stop or epoch == int(self.config["epochs"])):
