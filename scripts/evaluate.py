@@ -58,6 +58,7 @@ flags.DEFINE_integer("samples_per_pseudo_input", 8, "Images generated from each 
 flags.DEFINE_integer("seed", 0, "Seed of the importance samples (batch i uses seed + i), the pictures' "
                      "samples and the choice of pseudo-inputs: the same command gives the same numbers.")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
+flags.DEFINE_integer("threads", 0, "TensorFlow's intra- and inter-op threads (0 = every core).", lower_bound=0)
 flags.DEFINE_bool("benchmark", False, "Time the evaluation of a randomly initialised model on random binary "
                   "28x28 images instead (no --model_dir): prints images/s at --eval_samples.")
 flags.DEFINE_string("benchmark_model", "vae", "Model family for --benchmark.")
@@ -69,12 +70,14 @@ flags.DEFINE_integer("benchmark_images", 100, "Images timed by --benchmark.")
 def load_split(config, split, batch_size):
     """The run's dataset split as batches of images (only that split is built)."""
     from tfvamp import data  # the data module pulls in TFDS: import only when needed
+    from tfvamp import flags as tflags
 
     name = FLAGS.dataset or config.get("dataset")
     if not name:
         raise ValueError("config.json names no dataset; pass --dataset.")
+    options = tflags.source_options({**tflags.default_config(), **config, "dataset": name})
     return data.load_split(name, split, batch_size, data_dir=FLAGS.data_dir or config.get("data_dir"),
-                           manual_dir=FLAGS.manual_dir or config.get("manual_dir"))
+                           manual_dir=FLAGS.manual_dir or config.get("manual_dir"), options=options)
 
 
 def load_images(path, batch_size):
@@ -128,6 +131,8 @@ def main(argv):
     if not FLAGS.model_dir:
         return console.fail(f"--model_dir is required (or --benchmark). {console.FLAG_HINT}", 2)
     from tfvamp import data
+    from tfvamp import distribute
+    distribute.set_threads(FLAGS.threads)
     try:
         evaluate_run()
     except KeyboardInterrupt:
@@ -135,6 +140,31 @@ def main(argv):
     except (FileNotFoundError, ValueError, data.DataError) as e:
         return console.fail(str(e), 1)
     return 0
+
+
+def _record(model_dir, config, summary):
+    """What the evaluation was of, stored beside its numbers."""
+    import tensorflow as tf
+
+    from tfvamp import checkpointing
+
+    checkpoint = checkpointing.checkpoint_path(model_dir, FLAGS.which)
+    from tfvamp import data
+
+    known = checkpointing.load_results(model_dir).get("data", {}).get("num_examples", {})
+    name = FLAGS.dataset or config.get("dataset")
+    if not known and name in data.NAMES:
+        known = data.get_info(name).num_examples
+    size = None if FLAGS.images else known.get(FLAGS.split)
+    try:
+        best_epoch = int(tf.train.load_variable(checkpoint, "epoch/.ATTRIBUTES/VARIABLE_VALUE"))
+    except (ValueError, tf.errors.NotFoundError):
+        best_epoch = None
+    return {"checkpoint": os.path.relpath(checkpoint, model_dir), "best_epoch": best_epoch,
+            "dataset": FLAGS.images or FLAGS.dataset or config.get("dataset"), "eval_samples": FLAGS.eval_samples,
+            "partial_test_set": bool(FLAGS.max_batches) or (size is not None and summary["num_examples"] < size),
+            "compute_dtype": config.get("compute_dtype", "float32"), "prior_dtype": FLAGS.prior_dtype,
+            "seed": FLAGS.seed}
 
 
 def evaluate_run():
@@ -160,11 +190,7 @@ def evaluate_run():
     summary, per_example = evaluation.evaluate(
         model, dataset, num_samples=FLAGS.eval_samples, chunk_size=FLAGS.chunk_size or None,
         prior_dtype=FLAGS.prior_dtype, seed=FLAGS.seed, progress=FLAGS.progress)
-    checkpoint = checkpointing.checkpoint_path(model_dir, FLAGS.which)
-    extra = {"checkpoint": os.path.relpath(checkpoint, model_dir),
-             "dataset": FLAGS.images or FLAGS.dataset or config.get("dataset"), "partial": bool(FLAGS.max_batches),
-             "compute_dtype": config.get("compute_dtype", "float32"), "prior_dtype": FLAGS.prior_dtype}
-    results_path = evaluation.save_results(model_dir, summary, split, **extra)
+    results_path = evaluation.save_results(model_dir, summary, split, **_record(model_dir, config, summary))
     np.savez(os.path.join(model_dir, f"eval_{split}.npz"), **per_example)
 
     writer = tf.summary.create_file_writer(os.path.join(model_dir, checkpointing.TENSORBOARD_DIR, "eval"))

@@ -377,3 +377,17 @@ def test_evaluate_with_a_seed_is_reproducible(trained, data):
     _, other = evaluation.evaluate(model, dataset, num_samples=8, seed=6, progress=False)
     np.testing.assert_array_equal(first["log_likelihood"], again["log_likelihood"])
     assert np.all(first["log_likelihood"] != other["log_likelihood"])
+
+
+def test_pseudo_inputs_moved_counts_those_that_left_their_initialisation():
+    """K = 6 pseudo-inputs drawn from N(0.5, 0.02); the test moves two of them well away and
+    nudges one by less than the threshold (2.2 x 0.02 x sqrt(2 / pi) = 0.035 per pixel)."""
+    model = tfvamp.build_model("vae", "vampprior", SHAPE, "bernoulli", num_components=6, z1_size=3,
+                               pseudo_inputs_mean=0.5, pseudo_inputs_std=0.02, seed=3)
+    rng = np.random.default_rng(0)
+    u = rng.normal(0.5, 0.02, (6,) + SHAPE)
+    u[1] += 0.2
+    u[4] -= 0.1
+    u[5] += 0.01
+    model.prior_layer.pseudo_inputs_variable.assign(u.astype(np.float32))
+    assert evaluation.pseudo_inputs_moved(model) == 2

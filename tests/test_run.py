@@ -76,6 +76,16 @@ def test_frey_flagfile_end_to_end_two_epochs(tmp_path, real_data_dir):
         -test["log_likelihood"] / (560 * math.log(2)))
     assert results["training"]["epochs_trained"] == 2
     assert os.path.exists(export_dir / "saved_model.pb")
+    # The paper-budget report reads the finished run: merged JSON, curves and a table row.
+    report = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "paper_budget_report.py"),
+                             f"--output_dir={tmp_path / 'report'}", str(model_dir)], cwd=ROOT, env=script_env(),
+                            capture_output=True, text=True, timeout=120)
+    assert report.returncode == 0, report.stderr[-3000:]
+    with open(tmp_path / "report" / "frey.json") as f:
+        merged = json.load(f)
+    assert merged["config"]["model"] == "hvae" and merged["test"]["eval_samples"] == 10
+    assert {"epochs_trained", "best_epoch", "stop_reason", "train_seconds"} <= set(merged["training"])
+    assert (tmp_path / "report" / "curves.png").exists() and "| frey | 4.51 |" in report.stdout
 
 
 def test_sigkill_then_rerun_resumes_with_identical_state(tmp_path, real_data_dir):

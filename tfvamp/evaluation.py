@@ -207,7 +207,20 @@ def summarize(model, per_example, posterior_means):
     summary["active_units"] = count_active_units(posterior_means) if count > 1 else {}
     if "component_usage" in per_example:
         summary["components_in_use"] = components_in_use(per_example["component_usage"])
+    if model.prior_name in ("vampprior", "weighted_vampprior"):
+        summary["pseudo_inputs_moved"] = pseudo_inputs_moved(model)
     return summary
+
+
+def pseudo_inputs_moved(model):
+    """How many of the K learnable pseudo-inputs left their initialisation: the mean distance of
+    their pixels from the init mean exceeds 2.2 times what N(mean, std) itself gives
+    (2.2 std sqrt(2 / pi): 0.035 for Frey's N(0.5, 0.02), whose draws sit 0.016 away on average).
+    Measured against N(pseudo_inputs_mean, pseudo_inputs_std), so it means little for a run
+    initialised from training images."""
+    u = model.prior_layer.pseudo_inputs().numpy().astype(np.float64)
+    distance = np.abs(u - model.pseudo_inputs_mean).reshape(len(u), -1).mean(-1)
+    return int(np.sum(distance > 2.2 * model.pseudo_inputs_std * math.sqrt(2.0 / math.pi)))
 
 
 def component_usage(model, top_means):

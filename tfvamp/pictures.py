@@ -123,3 +123,36 @@ def histogram_image(values, bins=50, width=480, height=320, title=None):
     heading = (title + "  " if title else "") + f"n={finite.size}, max count {tallest}"
     draw.text((left, 4), heading, fill=(0, 0, 0))
     return np.asarray(picture, dtype=np.uint8)
+
+
+def line_chart(series, title="", marker=None, width=420, height=260):
+    """A line chart of `series` (x values, y values) as an RGB uint8 picture `[height, width, 3]`:
+    the y axis spans the minimum to the median (a loss curve's first epochs would flatten the
+    part that matters; they are clipped at the top), the ends of both axes written as text,
+    `marker` (an x value) as a red line.
+    For curves in the docs, where matplotlib is not a dependency."""
+    from PIL import Image, ImageDraw  # pylint: disable=import-outside-toplevel
+
+    x, y = np.asarray(series[0], np.float64), np.asarray(series[1], np.float64)
+    keep = np.isfinite(y)
+    x, y = x[keep], y[keep]
+    if x.size < 2:
+        raise ValueError("line_chart needs at least two finite points.")
+    low, high = float(y.min()), float(np.median(y))
+    high = high if high > low else low + 1.0
+    left, right, top, bottom = 50, width - 10, 24, height - 22
+    picture = Image.new("RGB", (int(width), int(height)), (255, 255, 255))
+    draw = ImageDraw.Draw(picture)
+    px = left + (right - left) * (x - x.min()) / max(x.max() - x.min(), 1e-12)
+    py = bottom - (bottom - top) * (np.clip(y, low, high) - low) / (high - low)
+    draw.rectangle([left, top, right, bottom], outline=(0, 0, 0))
+    draw.line(list(zip(px.tolist(), py.tolist())), fill=(40, 80, 200), width=1)
+    if marker is not None:
+        mx = left + (right - left) * (float(marker) - x.min()) / max(x.max() - x.min(), 1e-12)
+        draw.line([mx, top, mx, bottom], fill=(220, 30, 30), width=1)
+    draw.text((4, top - 2), f"{high:.1f}", fill=(0, 0, 0))
+    draw.text((4, bottom - 10), f"{low:.1f}", fill=(0, 0, 0))
+    draw.text((left, bottom + 4), f"{x.min():.0f}", fill=(0, 0, 0))
+    draw.text((right - 30, bottom + 4), f"{x.max():.0f}", fill=(0, 0, 0))
+    draw.text((left, 6), title, fill=(0, 0, 0))
+    return np.asarray(picture, dtype=np.uint8)
