@@ -2,7 +2,7 @@
 """Trains a VAE with a VampPrior (Tomczak & Welling, 2018).
 
     python scripts/train.py --flagfile configs/frey.cfg
-    python scripts/train.py --flagfile configs/frey.cfg --flagfile configs/quick.cfg --model_dir /tmp/frey_quick
+    python scripts/train.py --flagfile configs/frey.cfg --flagfile configs/quick.cfg     # into runs/quick/...
     python scripts/train.py --dataset static_mnist --model hvae --prior vampprior --model_dir runs/x
 
 Re-running a command with the same --model_dir resumes that run from its last checkpoint.

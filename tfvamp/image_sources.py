@@ -42,7 +42,7 @@ from tfvamp.datasets.errors import DataError
 PREFIXES = ("folder:", "array:", "tfds:")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 SPLIT_SEED = 20180101
-SPLITS = ("train", "validation", "test")
+from tfvamp.datasets.facts import SPLITS  # noqa: E402  (one definition of the split names)
 BINARIZE = ("none", "dynamic", "static")
 RESIZE = ("resize", "crop")
 _CACHE = {}

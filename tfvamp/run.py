@@ -26,6 +26,7 @@ from tfvamp import flags
 from tfvamp import image_sources
 from tfvamp import priors
 from tfvamp import training
+from tfvamp.datasets.facts import SPLITS
 
 
 class RunError(RuntimeError):
@@ -78,7 +79,7 @@ def describe_data(config, info):
 
 
 def _print_data(section):
-    sizes = " / ".join(f"{section['num_examples'].get(s, 0)} {s}" for s in ("train", "validation", "test"))
+    sizes = " / ".join(f"{section['num_examples'].get(s, 0)} {s}" for s in SPLITS)
     carved = (f" ({' and '.join(section['carved_splits'])} carved from the training images, seed "
               f"{section['carve_seed']})" if section["carved_splits"] else "")
     shape = "x".join(map(str, section["input_shape"]))
