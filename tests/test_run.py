@@ -24,7 +24,7 @@ from tfvamp import training
 def test_resuming_into_a_directory_of_another_run_is_refused(tmp_path):
     config = tiny_config(tmp_path / "run")
     checkpointing.save_config(config["model_dir"], config)
-    with pytest.raises(ValueError, match="prior: 'vampprior' -> 'standard'"):
+    with pytest.raises(run.RunError, match="prior: 'vampprior' -> 'standard'"):
         run.run(dict(config, prior="standard"), tf.distribute.get_strategy(), synthetic_splits())
 
 
