@@ -33,11 +33,12 @@ from tfvamp import estimator
 from tfvamp import layers as tl
 from tfvamp import likelihoods
 from tfvamp import noise
+from tfvamp import precision
 from tfvamp import priors
 from tfvamp.heads import GaussianHead, ImageHead
 
 MODELS = ("vae", "hvae", "convhvae", "pixelhvae")
-COMPUTE_DTYPES = ("float32", "bfloat16")
+COMPUTE_DTYPES = precision.MODES  # and precision.EXCEPT_PREFIX + parts, for measuring
 LOG_2PI = math.log(2.0 * math.pi)
 HIDDEN = 300
 
@@ -67,18 +68,37 @@ def _reparameterize(mean, logvar, num_samples, noise_fn):
 
 
 # The Sequential stacks below are part of the checkpoint format (their variables are saved
-# under `<name>/_functional/_operations/<i>`): keep their layer lists as they are.
-def _mlp(units, name, flatten=False, dtype=None):
-    """Gated MLP stack; `flatten` first turns images `[N, H, W, C]` into `[N, H*W*C]`."""
-    stack = [keras.layers.Flatten(dtype=dtype)] if flatten else []
-    stack += [tl.GatedDense(u, dtype=dtype) for u in units]
+# under `<name>/_functional/_operations/<i>`): keep their layer lists as they are. Precision
+# only sets each layer's dtype policy (float32 variables either way).
+def _mlp(units, name, flatten=False, dtype=None, first_dtype=None, float32_weight_gradients=False):
+    """Gated MLP stack; `flatten` first turns images `[N, H, W, C]` into `[N, H*W*C]`.
+
+    `first_dtype` (default `dtype`): the Keras dtype policy of the first layer (and the flatten).
+    """
+    first_dtype = first_dtype or dtype
+    stack = [keras.layers.Flatten(dtype=first_dtype)] if flatten else []
+    stack += [tl.GatedDense(u, dtype=first_dtype if i == 0 else dtype,
+                            float32_weight_gradients=float32_weight_gradients) for i, u in enumerate(units)]
     return keras.Sequential(stack, name=name)
 
 
-def _conv_stack(specs, name, dtype=None):
-    """Gated convolutions from (filters, kernel, stride) triples, then flatten."""
-    stack = [tl.GatedConv2D(f, k, s, padding=k // 2, dtype=dtype) for f, k, s in specs]
+def _conv_stack(specs, name, dtype=None, first_dtype=None):
+    """Gated convolutions from (filters, kernel, stride) triples, then flatten; `first_dtype`
+    (default `dtype`) is the first convolution's dtype policy."""
+    dtypes = [first_dtype or dtype] + [dtype] * (len(specs) - 1)
+    stack = [tl.GatedConv2D(f, k, s, padding=k // 2, dtype=d) for (f, k, s), d in zip(specs, dtypes)]
     return keras.Sequential(stack + [keras.layers.Flatten(dtype=dtype)], name=name)
+
+
+def run_stack(stack, x, dtype):
+    """A `_mlp` or `_conv_stack` computed in `dtype` whatever its layers' policies (the same
+    weights): `[N, ...]` -> `[N, F]` in `dtype`."""
+    for layer in stack.layers:
+        if isinstance(layer, keras.layers.Flatten):
+            x = tf.reshape(x, [tf.shape(x)[0], -1])
+        else:
+            x = layer.forward(x, dtype)
+    return x
 
 
 class LatentVariableModel(keras.Model):
@@ -97,7 +117,9 @@ class LatentVariableModel(keras.Model):
         `vampprior_data` without them).
       seed: seeds the choice of data pseudo-inputs and the prior's initialisers (seed the
         rest with `keras.utils.set_random_seed`).
-      compute_dtype: 'float32', or 'bfloat16' for the hidden layers (mixed precision).
+      compute_dtype: a mode of `tfvamp.precision`: 'float32', 'bfloat16' (hidden layers),
+        'mixed' (the measured per-part policy), 'auto' (resolved here, on this machine's
+        hardware: `get_config` holds the concrete mode), or 'bfloat16_except:PART,...'.
     """
 
     model_name = None
@@ -106,12 +128,13 @@ class LatentVariableModel(keras.Model):
                  z1_size=40, z2_size=40, pseudo_inputs_mean=0.05, pseudo_inputs_std=0.01,
                  pseudo_inputs_data=None, seed=None, compute_dtype="float32", **kwargs):
         super().__init__(**kwargs)
-        if compute_dtype not in COMPUTE_DTYPES:
-            raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}.")
-        self.compute_dtype_name = compute_dtype
-        # bfloat16 runs the hidden layers' matmuls and convolutions in bfloat16 with float32
-        # variables; heads, densities and the prior stay float32.
-        self.hidden_dtype = "mixed_bfloat16" if compute_dtype == "bfloat16" else "float32"
+        # Which parts compute in bfloat16 (float32 variables in every mode; densities float32).
+        self.compute_dtype_name = (precision.resolve(compute_dtype).mode if compute_dtype == "auto"
+                                   else precision.check_mode(compute_dtype, allow_auto=False))
+        self.precision = precision.Policy(self.compute_dtype_name)
+        self.hidden_dtype = self.precision.keras("hidden")
+        self.first_layer_dtype = self.precision.keras("first_layer")
+        self.float32_weight_gradients = self.precision.dtype("weight_gradients") == precision.FLOAT32
         image_shape = tuple(int(d) for d in image_shape)
         if len(image_shape) != 3 or min(image_shape) < 1:
             raise ValueError("image_shape must be (height, width, channels) with positive sizes, "
@@ -177,6 +200,36 @@ class LatentVariableModel(keras.Model):
         """Activation floats one (sample, image) pair costs: sizes the importance sampler's chunks."""
         return 8 * HIDDEN + 4 * self.num_pixels
 
+    def top_encoder(self):
+        """(network, GaussianHead) of q(top latent | x): `encode_top` is head(network(x))."""
+        raise NotImplementedError
+
+    # ---- precision: layers of each part in the policy's dtype -----------------------------------
+    def _mlp(self, units, name, flatten=False, reads_data=False):
+        """A gated MLP in the hidden dtype; `reads_data`: its first layer is `first_layer`'s."""
+        return _mlp(units, name, flatten, self.hidden_dtype, self.first_layer_dtype if reads_data else None,
+                    self.float32_weight_gradients)
+
+    def _gaussian_head(self, size, name):
+        return GaussianHead(size, mean_dtype=self.precision.dtype("mean_heads"),
+                            logvar_dtype=self.precision.dtype("variance_heads"),
+                            float32_weight_gradients=self.float32_weight_gradients, name=name, dtype="float32")
+
+    def _image_head(self, **kwargs):
+        return ImageHead(self.likelihood_name, self.image_shape, name="p_x_head", dtype=self.precision.keras(
+            "output_layer"), float32_weight_gradients=self.float32_weight_gradients, **kwargs)
+
+    def encode_pseudo_inputs(self, u):
+        """The prior's components from pseudo-inputs `[K, H, W, C]`: (means, logvars) `[K, D_top]`.
+
+        `encode_top`, unless the policy's `prior_encoder` is float32 while the data's pass is
+        not: then the same weights run in float32 throughout.
+        """
+        if self.precision.dtype("prior_encoder") == precision.BFLOAT16 or not self.precision.uses_bfloat16():
+            return self.encode_top(u)
+        network, head = self.top_encoder()
+        return head.forward(run_stack(network, u, tf.float32), precision.FLOAT32, precision.FLOAT32)
+
     def encode(self, x):
         """Posterior parameters per latent layer: dict `{layer}_mean`, `{layer}_logvar`, `[B, D]`."""
         raise NotImplementedError
@@ -205,7 +258,7 @@ class LatentVariableModel(keras.Model):
     def prior(self):
         """The prior over the top latent: a TFP distribution, batch `[]`, event `[D_top]`
         (`priors.GaussianMixture` for every prior but `standard`)."""
-        return self.prior_layer.distribution(self.encode_top)
+        return self.prior_layer.distribution(self.encode_pseudo_inputs)
 
     def call(self, x, training=False):
         return self.loss_terms(x, training=training)
@@ -353,10 +406,13 @@ class VAE(LatentVariableModel):
     top_latent_name = "z"
 
     def _build_networks(self):
-        self.q_z = _mlp([HIDDEN, HIDDEN], "q_z", flatten=True, dtype=self.hidden_dtype)
-        self.q_z_head = GaussianHead(self.z1_size, name="q_z_head", dtype="float32")
-        self.p_x = _mlp([HIDDEN, HIDDEN], "p_x", dtype=self.hidden_dtype)
-        self.p_x_head = ImageHead(self.likelihood_name, self.image_shape, name="p_x_head", dtype="float32")
+        self.q_z = self._mlp([HIDDEN, HIDDEN], "q_z", flatten=True, reads_data=True)
+        self.q_z_head = self._gaussian_head(self.z1_size, "q_z_head")
+        self.p_x = self._mlp([HIDDEN, HIDDEN], "p_x")
+        self.p_x_head = self._image_head()
+
+    def top_encoder(self):
+        return self.q_z, self.q_z_head
 
     def encode_top(self, x):
         return self.q_z_head(self.q_z(x))
@@ -410,24 +466,27 @@ class HVAE(LatentVariableModel):
 
     # Sub-networks: the conv variants override these builders.
     def _build_encoders(self):
-        self.q_z2 = _mlp([HIDDEN, HIDDEN], "q_z2", flatten=True, dtype=self.hidden_dtype)
-        self.q_z1_x = _mlp([HIDDEN], "q_z1_x", flatten=True, dtype=self.hidden_dtype)
-        self.q_z1_z2 = _mlp([HIDDEN], "q_z1_z2", dtype=self.hidden_dtype)
+        self.q_z2 = self._mlp([HIDDEN, HIDDEN], "q_z2", flatten=True, reads_data=True)
+        self.q_z1_x = self._mlp([HIDDEN], "q_z1_x", flatten=True, reads_data=True)
+        self.q_z1_z2 = self._mlp([HIDDEN], "q_z1_z2")
 
     def _build_decoder(self):
-        self.p_x_z1 = _mlp([HIDDEN], "p_x_z1", dtype=self.hidden_dtype)
-        self.p_x_z2 = _mlp([HIDDEN], "p_x_z2", dtype=self.hidden_dtype)
-        self.p_x_joint = _mlp([HIDDEN], "p_x_joint", dtype=self.hidden_dtype)
-        self.p_x_head = ImageHead(self.likelihood_name, self.image_shape, name="p_x_head", dtype="float32")
+        self.p_x_z1 = self._mlp([HIDDEN], "p_x_z1")
+        self.p_x_z2 = self._mlp([HIDDEN], "p_x_z2")
+        self.p_x_joint = self._mlp([HIDDEN], "p_x_joint")
+        self.p_x_head = self._image_head()
 
     def _build_networks(self):
         self._build_encoders()
-        self.q_z2_head = GaussianHead(self.z2_size, name="q_z2_head", dtype="float32")
-        self.q_z1_joint = _mlp([HIDDEN], "q_z1_joint", dtype=self.hidden_dtype)
-        self.q_z1_head = GaussianHead(self.z1_size, name="q_z1_head", dtype="float32")
-        self.p_z1 = _mlp([HIDDEN, HIDDEN], "p_z1", dtype=self.hidden_dtype)
-        self.p_z1_head = GaussianHead(self.z1_size, name="p_z1_head", dtype="float32")
+        self.q_z2_head = self._gaussian_head(self.z2_size, "q_z2_head")
+        self.q_z1_joint = self._mlp([HIDDEN], "q_z1_joint")
+        self.q_z1_head = self._gaussian_head(self.z1_size, "q_z1_head")
+        self.p_z1 = self._mlp([HIDDEN, HIDDEN], "p_z1")
+        self.p_z1_head = self._gaussian_head(self.z1_size, "p_z1_head")
         self._build_decoder()
+
+    def top_encoder(self):
+        return self.q_z2, self.q_z2_head
 
     def encode_top(self, x):
         return self.q_z2_head(self.q_z2(x))
@@ -521,19 +580,19 @@ class ConvHVAE(HVAE):
 
     def _build_encoders(self):
         flat = _conv_flat_size(self.image_shape)
-        dtype = self.hidden_dtype
-        self.q_z2 = _conv_stack([(32, 7, 1), (32, 3, 2), (64, 5, 1), (64, 3, 2), (6, 3, 1)], "q_z2", dtype)
-        self.q_z1_x = _conv_stack([(32, 3, 1), (32, 3, 2), (64, 3, 1), (64, 3, 2), (6, 3, 1)], "q_z1_x", dtype)
-        self.q_z1_z2 = _mlp([flat], "q_z1_z2", dtype=self.hidden_dtype)
+        dtype, first = self.hidden_dtype, self.first_layer_dtype
+        self.q_z2 = _conv_stack([(32, 7, 1), (32, 3, 2), (64, 5, 1), (64, 3, 2), (6, 3, 1)], "q_z2", dtype, first)
+        self.q_z1_x = _conv_stack([(32, 3, 1), (32, 3, 2), (64, 3, 1), (64, 3, 2), (6, 3, 1)], "q_z1_x", dtype,
+                                  first)
+        self.q_z1_z2 = self._mlp([flat], "q_z1_z2")
 
     def _build_decoder(self):
-        self.p_x_z1 = _mlp([HIDDEN], "p_x_z1", dtype=self.hidden_dtype)
-        self.p_x_z2 = _mlp([HIDDEN], "p_x_z2", dtype=self.hidden_dtype)
-        self.p_x_joint = _mlp([self.num_pixels], "p_x_joint", dtype=self.hidden_dtype)
+        self.p_x_z1 = self._mlp([HIDDEN], "p_x_z1")
+        self.p_x_z2 = self._mlp([HIDDEN], "p_x_z2")
+        self.p_x_joint = self._mlp([self.num_pixels], "p_x_joint")
         self.p_x_convs = keras.Sequential(
             [tl.GatedConv2D(64, 3, 1, padding=1, dtype=self.hidden_dtype) for _ in range(4)], name="p_x_convs")
-        self.p_x_head = ImageHead(self.likelihood_name, self.image_shape, conv=True, name="p_x_head",
-                                  dtype="float32")
+        self.p_x_head = self._image_head(conv=True)
 
     def _decoder_features(self, z1, z2, x=None, training=False):
         h = self.p_x_joint(tf.concat([self.p_x_z1(z1), self.p_x_z2(z2)], -1))
@@ -560,28 +619,28 @@ class PixelHVAE(ConvHVAE):
     _decoder_needs_x = True
 
     def _build_decoder(self):
-        self.p_x_z1 = _mlp([self.num_pixels], "p_x_z1", dtype=self.hidden_dtype)
-        self.p_x_z2 = _mlp([self.num_pixels], "p_x_z2", dtype=self.hidden_dtype)
+        self.p_x_z1 = self._mlp([self.num_pixels], "p_x_z1")
+        self.p_x_z2 = self._mlp([self.num_pixels], "p_x_z2")
         channels = self.image_shape[-1]
         pixelcnn = []
         for i in range(8):
             pixelcnn += [tl.MaskedConv2D("A" if i == 0 else "B", 64, 3, num_groups=channels,
                                          num_conditioning_channels=2 * channels if i == 0 else 0,
-                                         dtype=self.hidden_dtype),
+                                         dtype=self.first_layer_dtype if i == 0 else self.hidden_dtype),
                          # Synchronised across replicas so that statistics are the global batch's.
                          keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=True,
                                                          dtype=self.hidden_dtype),
                          keras.layers.ReLU(dtype=self.hidden_dtype)]
         self.pixelcnn = keras.Sequential(pixelcnn, name="pixelcnn")
-        self.p_x_head = ImageHead(self.likelihood_name, self.image_shape, conv=True, autoregressive=True,
-                                  name="p_x_head", dtype="float32")
+        self.p_x_head = self._image_head(conv=True, autoregressive=True)
 
     def _latent_maps(self, z1, z2):
         shape = tf.concat([tf.shape(z1)[:1], self.image_shape], 0)
         return tf.concat([tf.reshape(self.p_x_z1(z1), shape), tf.reshape(self.p_x_z2(z2), shape)], -1)
 
     def _pixel_features(self, x, maps, training):
-        return self.pixelcnn(tf.concat([tf.cast(x, maps.dtype), maps], -1), training=training)
+        dtype = self.pixelcnn.layers[0].compute_dtype  # the first masked conv reads x: `first_layer`
+        return self.pixelcnn(tf.concat([tf.cast(x, dtype), tf.cast(maps, dtype)], -1), training=training)
 
     def _decoder_features(self, z1, z2, x=None, training=False):
         return self._pixel_features(x, self._latent_maps(z1, z2), training)
