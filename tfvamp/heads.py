@@ -41,9 +41,9 @@ class GaussianHead(keras.layers.Layer):
         self.float32_weight_gradients = bool(float32_weight_gradients)
 
     def build(self, input_shape):
-        self.kernel = self.add_weight(name="kernel", shape=(int(input_shape[-1]), 2 * self.latent_size),
+        self.kernel = self.add_weight(autocast=False, name="kernel", shape=(int(input_shape[-1]), 2 * self.latent_size),
                                       initializer=keras.initializers.HeNormal())
-        self.bias = self.add_weight(name="bias", shape=(2 * self.latent_size,), initializer="zeros")
+        self.bias = self.add_weight(autocast=False, name="bias", shape=(2 * self.latent_size,), initializer="zeros")
 
     def _affine(self, h, kernel, bias, dtype):
         out = layers.matmul(h, kernel, dtype, self.float32_weight_gradients) + tf.cast(bias, dtype)
@@ -96,9 +96,9 @@ class ImageHead(keras.layers.Layer):
     def build(self, input_shape):
         channels = self.image_shape[-1]
         width = channels if self.conv else int(np.prod(self.image_shape))
-        self.kernel = self.add_weight(name="kernel", shape=(int(input_shape[-1]), self.num_params * width),
+        self.kernel = self.add_weight(autocast=False, name="kernel", shape=(int(input_shape[-1]), self.num_params * width),
                                       initializer=keras.initializers.HeNormal())
-        self.bias = self.add_weight(name="bias", shape=(self.num_params * width,), initializer="zeros")
+        self.bias = self.add_weight(autocast=False, name="bias", shape=(self.num_params * width,), initializer="zeros")
         self._mask = (tf.constant(layers.pixelcnn_head_mask(int(input_shape[-1]), channels, self.num_params))
                       if self.autoregressive else None)
 

@@ -11,7 +11,8 @@ All layers take and return float tensors; shapes are in the docstrings.
 
 Precision. Variables are float32; a layer computes in its Keras compute dtype (`float32`, or
 `bfloat16` under the `mixed_bfloat16` policy that `tfvamp.precision` gives it). The casts are
-explicit (`autocast=False`): `forward(x, dtype)` runs the same weights in any dtype, which is
+explicit (`autocast=False`, on the layers and on their weights, which therefore read as float32
+inside `call` too): `forward(x, dtype)` runs the same weights in any dtype, which is
 how a model runs its encoder over the pseudo-inputs in float32 while the data's pass is
 bfloat16 (`tfvamp.precision`, part `prior_encoder`).
 """
@@ -79,11 +80,11 @@ class GatedDense(keras.layers.Layer):
 
     def build(self, input_shape):
         in_features = int(input_shape[-1])
-        self.kernel = self.add_weight(name="kernel", shape=(in_features, self.units), initializer=_he_normal())
-        self.bias = self.add_weight(name="bias", shape=(self.units,), initializer="zeros")
-        self.gate_kernel = self.add_weight(name="gate_kernel", shape=(in_features, self.units),
+        self.kernel = self.add_weight(autocast=False, name="kernel", shape=(in_features, self.units), initializer=_he_normal())
+        self.bias = self.add_weight(autocast=False, name="bias", shape=(self.units,), initializer="zeros")
+        self.gate_kernel = self.add_weight(autocast=False, name="gate_kernel", shape=(in_features, self.units),
                                            initializer=_he_normal())
-        self.gate_bias = self.add_weight(name="gate_bias", shape=(self.units,), initializer="zeros")
+        self.gate_bias = self.add_weight(autocast=False, name="gate_bias", shape=(self.units,), initializer="zeros")
 
     def _linear(self, x, kernel, bias, dtype):
         if x.shape.rank == 2:
@@ -136,10 +137,10 @@ class GatedConv2D(keras.layers.Layer):
     def build(self, input_shape):
         shape = (self.kernel_size, self.kernel_size, int(input_shape[-1]), self.filters)
         # Separate value and gate kernels, as in GatedDense (conv + bias fuse in oneDNN).
-        self.kernel = self.add_weight(name="kernel", shape=shape, initializer=_he_normal())
-        self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
-        self.gate_kernel = self.add_weight(name="gate_kernel", shape=shape, initializer=_he_normal())
-        self.gate_bias = self.add_weight(name="gate_bias", shape=(self.filters,), initializer="zeros")
+        self.kernel = self.add_weight(autocast=False, name="kernel", shape=shape, initializer=_he_normal())
+        self.bias = self.add_weight(autocast=False, name="bias", shape=(self.filters,), initializer="zeros")
+        self.gate_kernel = self.add_weight(autocast=False, name="gate_kernel", shape=shape, initializer=_he_normal())
+        self.gate_bias = self.add_weight(autocast=False, name="gate_bias", shape=(self.filters,), initializer="zeros")
 
     def forward(self, x, dtype):
         """The layer computed in `dtype` (float32 or bfloat16), whatever its policy."""
@@ -272,9 +273,9 @@ class MaskedConv2D(keras.layers.Layer):
         mask = pixelcnn_mask(self.kernel_size, self.mask_type, c_in, self.filters, self.num_groups,
                              self.num_conditioning_channels)
         self.kernel = self.add_weight(
-            name="kernel", shape=(self.kernel_size, self.kernel_size, c_in, self.filters),
+            autocast=False, name="kernel", shape=(self.kernel_size, self.kernel_size, c_in, self.filters),
             initializer=_he_normal())
-        self.bias = (self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
+        self.bias = (self.add_weight(autocast=False, name="bias", shape=(self.filters,), initializer="zeros")
                      if self.use_bias else None)
         self._mask = tf.constant(mask)
 

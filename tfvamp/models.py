@@ -219,6 +219,12 @@ class LatentVariableModel(keras.Model):
         return ImageHead(self.likelihood_name, self.image_shape, name="p_x_head", dtype=self.precision.keras(
             "output_layer"), float32_weight_gradients=self.float32_weight_gradients, **kwargs)
 
+    def _join(self, *features):
+        """Features `[N, F_i]` concatenated for a hidden layer, in the hidden compute dtype (a
+        branch that reads x may compute in another: part `first_layer`)."""
+        dtype = self.precision.dtype("hidden")
+        return tf.concat([tf.cast(f, dtype) for f in features], -1)
+
     def encode_pseudo_inputs(self, u):
         """The prior's components from pseudo-inputs `[K, H, W, C]`: (means, logvars) `[K, D_top]`.
 
@@ -492,14 +498,14 @@ class HVAE(LatentVariableModel):
         return self.q_z2_head(self.q_z2(x))
 
     def _q_z1(self, x_features, z2):
-        return self.q_z1_head(self.q_z1_joint(tf.concat([x_features, self.q_z1_z2(z2)], -1)))
+        return self.q_z1_head(self.q_z1_joint(self._join(x_features, self.q_z1_z2(z2))))
 
     def _p_z1(self, z2):
         return self.p_z1_head(self.p_z1(z2))
 
     def _decoder_features(self, z1, z2, x=None, training=False):
         """The likelihood head's input from z1, z2 `[N, D]` (x: PixelHVAE's context)."""
-        return self.p_x_joint(tf.concat([self.p_x_z1(z1), self.p_x_z2(z2)], -1))
+        return self.p_x_joint(self._join(self.p_x_z1(z1), self.p_x_z2(z2)))
 
     def decode(self, z1, z2, x=None, training=False):
         """The likelihood's parameter maps `[N, H, W, C]` from z1, z2 `[N, D]` (and, for
@@ -595,7 +601,7 @@ class ConvHVAE(HVAE):
         self.p_x_head = self._image_head(conv=True)
 
     def _decoder_features(self, z1, z2, x=None, training=False):
-        h = self.p_x_joint(tf.concat([self.p_x_z1(z1), self.p_x_z2(z2)], -1))
+        h = self.p_x_joint(self._join(self.p_x_z1(z1), self.p_x_z2(z2)))
         h = tf.reshape(h, tf.concat([tf.shape(z1)[:1], self.image_shape], 0))
         return self.p_x_convs(h)
 
