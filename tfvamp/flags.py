@@ -107,7 +107,7 @@ FLAGS = (
     ("compute_dtype", "string", "auto", None,
      "Compute precision (variables are float32 in every mode): auto = mixed where the hardware has bfloat16 "
      "units (GPU compute capability >= 8.0, CPU with AMX or AVX512-BF16), else float32; mixed = the measured "
-     "per-part policy (bfloat16 hidden layers, float32 heads and output layer); bfloat16 = every hidden layer; "
+     "per-part policy (bfloat16 everywhere but the Gaussian heads); bfloat16 = the hidden layers only; "
      "float32; bfloat16_except:PART,... for measuring (tfvamp/precision.py, docs/training.md). A resumed run "
      "keeps its own unless given explicitly."),
     ("jit_compile", "enum", "auto", JIT_CHOICES,
