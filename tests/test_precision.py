@@ -198,3 +198,33 @@ def test_evaluation_can_be_forced_to_float32(tmp_path):
     with open(tmp_path / checkpointing.CONFIG_FILE) as f:
         assert json.load(f)["compute_dtype"] == "mixed"  # the run's record is untouched
     assert os.path.isdir(tmp_path / checkpointing.BEST_DIR)
+
+
+def test_paired_difference_and_the_compare_script(tmp_path):
+    """Mean and standard error of the per-image differences, by hand; the script reads two runs."""
+    from tfvamp import evaluation
+    rng = np.random.default_rng(0)
+    base = rng.normal(-1800, 30, 200)
+    other = base + rng.normal(0.5, 2.0, 200)
+    result = evaluation.paired_difference(base, other)
+    diff = other - base
+    assert result["paired_difference"] == pytest.approx(diff.mean())
+    assert result["paired_se"] == pytest.approx(diff.std(ddof=1) / np.sqrt(200))
+    assert result["num_examples"] == 200 and result["other_better"] == pytest.approx(np.mean(diff > 0))
+    with pytest.raises(ValueError, match="same test set"):
+        evaluation.paired_difference(base, other[:-1])
+    for name, lls, dtype in (("a", base, "float32"), ("b", other, "mixed")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(
+            {"compute_dtype": dtype, "likelihood": "discretized_logistic", "input_shape": [28, 20, 1]}))
+        np.savez(tmp_path / name / "eval_test.npz", log_likelihood=lls)
+    import subprocess
+    import sys
+    from helpers import ROOT
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "compare_runs.py"), str(tmp_path / "a"),
+                           str(tmp_path / "b")], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    printed = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert printed["paired_difference"] == pytest.approx(diff.mean())
+    assert printed["other"]["compute_dtype"] == "mixed"
+    assert printed["baseline"]["bits_per_dim"] == pytest.approx(-base.mean() / (560 * np.log(2)))
