@@ -104,7 +104,8 @@ def test_benchmark_script_quick(tmp_path):
     assert [(e["prior"], e["compute_dtype"]) for e in speedups] == [("standard", "mixed"), ("vampprior", "mixed")]
     for e in speedups:
         assert e["train_speedup"] == pytest.approx(e["step_ms"]["float32"] / e["step_ms"]["mixed"])
-        assert 0 < e["eval_speedup"] and 0 < e["matmul_ratio_beside"]
+        assert 0 < e["eval_speedup"] and 0 < e["eval_speedup_cpu"] and 0 < e["train_speedup_cpu"]
+        assert 0 < e["matmul_ratio_beside"]
     assert result["matmul_ratio"] == pytest.approx(result["matmul_peak_flops_bfloat16"] / result["matmul_peak_flops"])
     assert "bfloat16 / float32 =" in proc.stdout and "train speed-up" in proc.stdout
     for row in result["rows"]:
