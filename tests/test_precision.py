@@ -228,3 +228,20 @@ def test_paired_difference_and_the_compare_script(tmp_path):
     assert printed["paired_difference"] == pytest.approx(diff.mean())
     assert printed["other"]["compute_dtype"] == "mixed"
     assert printed["baseline"]["bits_per_dim"] == pytest.approx(-base.mean() / (560 * np.log(2)))
+
+
+@pytest.mark.parametrize("mode", ["float32", "mixed"])
+def test_one_encoder_pass_over_batch_and_pseudo_inputs_gives_the_same_terms(mode):
+    """`encode_with_prior`: in bfloat16 modes one pass of the top encoder over [x; pseudo-inputs];
+    row by row the same as two passes (bfloat16 matmuls of different heights may round alike or
+    not: a tolerance of bfloat16's), and in float32 it is the two passes themselves."""
+    model = _model(mode)
+    x = tf.constant(_gray(3))
+    encoded, prior = model.encode_with_prior(x)
+    apart, apart_prior = model.encode_data(x), model.prior()
+    tolerance = dict(rtol=0, atol=0) if mode == "float32" else dict(rtol=2e-2, atol=2e-2)
+    for key in ("top_mean", "top_logvar", "x_features"):
+        np.testing.assert_allclose(tf.cast(encoded[key], tf.float32).numpy(),
+                                   tf.cast(apart[key], tf.float32).numpy(), **tolerance)
+    np.testing.assert_allclose(prior.means.numpy(), apart_prior.means.numpy(), **tolerance)
+    np.testing.assert_allclose(prior.logvars.numpy(), apart_prior.logvars.numpy(), **tolerance)

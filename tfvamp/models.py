@@ -12,7 +12,8 @@ against them; no other module reaches inside a model.
 | method                                   | what it does                                                   |
 |------------------------------------------|----------------------------------------------------------------|
 | `encode_top(x)`                          | q(top latent | x): images `[N, H, W, C]` -> (mean, logvar) `[N, D_top]` |
-| `encode_data(x, many_samples=False)`     | what q and p(x|.) need from x once per batch: a dict of `[B, ...]` tensors with `top_mean` and `top_logvar`; `many_samples=True` adds the likelihood's per-image context for scoring many samples per image |
+| `encode_data(x, many_samples=False, top=None)` | what q and p(x|.) need from x once per batch: a dict of `[B, ...]` tensors with `top_mean` and `top_logvar` (`top`: those two, already computed); `many_samples=True` adds the likelihood's per-image context for scoring many samples per image |
+| `encode_with_prior(x, many_samples=False)` | (`encode_data(x, ...)`, `prior()`), in bfloat16 modes with one pass of the top encoder over the batch and the pseudo-inputs together (shared here) |
 | `score_latents(x, encoded, S, log_prior, noise_fn, training)` | draws S latents per image from q and returns (log p(x|z), log q(z|x), log p(z)), each `[S, B]` |
 | `generate(top, seed)`                    | images `[N, H, W, C]` in [0, 1] from top-latent samples `[N, D_top]` |
 | `floats_per_sample()`                    | activation floats one (sample, image) pair costs: sizes the sampler's chunks |
@@ -171,9 +172,29 @@ class LatentVariableModel(keras.Model):
         """q(top latent | x): images `[N, H, W, C]` -> (mean, logvar), each `[N, D_top]`."""
         raise NotImplementedError
 
-    def encode_data(self, x, many_samples=False):
-        """What q and p(x|.) need from x, once per batch (see the module docstring)."""
+    def encode_data(self, x, many_samples=False, top=None):
+        """What q and p(x|.) need from x, once per batch (see the module docstring); `top`:
+        `encode_top(x)` when the caller has it already."""
         raise NotImplementedError
+
+    def encode_with_prior(self, x, many_samples=False):
+        """(`encode_data(x, many_samples)`, `prior()`), what the objective and the sampler need.
+
+        In a bfloat16 mode that encodes the pseudo-inputs like the data (`prior_encoder`), the
+        top encoder runs once over `[x; pseudo-inputs]`: each of its weights is cast and packed
+        for the bfloat16 matmul once instead of twice, and the batch's rows join the K
+        pseudo-inputs' in larger matmuls, where bfloat16 runs faster (docs/benchmarks.md). Row
+        by row it is the same computation. float32 keeps the two passes, as before.
+        """
+        joint = (priors.has_pseudo_inputs(self.prior_name) and self.precision.uses_bfloat16()
+                 and self.precision.dtype("prior_encoder") == precision.BFLOAT16)
+        if not joint:
+            return self.encode_data(x, many_samples), self.prior()
+        pseudo_inputs = self.prior_layer.pseudo_inputs()
+        mean, logvar = self.encode_top(tf.concat([x, tf.cast(pseudo_inputs, x.dtype)], 0))
+        n = tf.shape(x)[0]
+        encoded = self.encode_data(x, many_samples, top=(mean[:n], logvar[:n]))
+        return encoded, self.prior_layer.distribution(lambda _: (mean[n:], logvar[n:]))
 
     def score_latents(self, x, encoded, num_samples, log_prior, noise_fn=None, training=False):
         """Draws `num_samples` latents per image from q and scores them.
@@ -284,8 +305,8 @@ class LatentVariableModel(keras.Model):
           (summed over latent layers), `loss` = reconstruction + beta * kl.
         """
         x = self._check_input(x)
-        log_px, log_q, log_p = self.score_latents(x, self.encode_data(x), 1, self.prior().log_prob,
-                                                  noise_fn, training)
+        encoded, prior = self.encode_with_prior(x)
+        log_px, log_q, log_p = self.score_latents(x, encoded, 1, prior.log_prob, noise_fn, training)
         reconstruction, kl = -log_px[0], log_q[0] - log_p[0]
         beta = tf.cast(beta, reconstruction.dtype)
         return {"loss": reconstruction + beta * kl, "reconstruction": reconstruction, "kl": kl}
@@ -427,8 +448,8 @@ class VAE(LatentVariableModel):
         """The likelihood's parameter maps `[N, H, W, C]` from z `[N, D]`."""
         return self.p_x_head(self.p_x(z))
 
-    def encode_data(self, x, many_samples=False):
-        mean, logvar = self.encode_top(x)
+    def encode_data(self, x, many_samples=False, top=None):
+        mean, logvar = self.encode_top(x) if top is None else top
         return {"top_mean": mean, "top_logvar": logvar, **self._data_context(x, many_samples)}
 
     def score_latents(self, x, encoded, num_samples, log_prior, noise_fn=None, training=False):
@@ -512,8 +533,8 @@ class HVAE(LatentVariableModel):
         PixelHVAE, the image x `[N, H, W, C]` it is autoregressive in)."""
         return self.p_x_head(self._decoder_features(z1, z2, x, training))
 
-    def encode_data(self, x, many_samples=False):
-        mean2, logvar2 = self.encode_top(x)
+    def encode_data(self, x, many_samples=False, top=None):
+        mean2, logvar2 = self.encode_top(x) if top is None else top
         # x's branch of q(z1|x,z2) does not depend on the sample either.
         return {"top_mean": mean2, "top_logvar": logvar2, "x_features": self.q_z1_x(x),
                 **self._data_context(x, many_samples)}
