@@ -58,6 +58,7 @@ flags.DEFINE_list("compute_dtypes", ["float32", "auto"], "Precision modes to tim
                   "dropped.")
 flags.DEFINE_integer("rounds", 1, "Time every configuration this many times in each mode, alternating the modes "
                      "(the speed-ups use the medians).")
+flags.DEFINE_bool("standard_rows", True, "Also the standard-prior rows of each model (the baseline of 'vs std').")
 flags.DEFINE_integer("threads", 0, "TensorFlow threads of every process (0 = its default: every core).")
 flags.DEFINE_enum("eval_prior_dtype", "float32", ["float64", "float32"],
                   "Precision of the mixture prior's log-density in the IS estimator.")
@@ -229,7 +230,8 @@ def _grid(models, components, eval_samples, repeats, manual_dir):
               "quick": FLAGS.quick, "manual_dir": manual_dir, "op_profile": FLAGS.op_profile}
     for model in models:
         conv = model in ("convhvae", "pixelhvae")
-        for prior, k in [("standard", 1)] + [("vampprior", k) for k in components]:
+        standard = [("standard", 1)] if FLAGS.standard_rows else []
+        for prior, k in standard + [("vampprior", k) for k in components]:
             paper_k = prior == "standard" or k == 500 or FLAGS.quick
             specs.append(dict(common, model=model, prior=prior, k=k, image_shape=[28, 28, 1],
                               # Evaluation at the paper's K (and the standard prior) only: it is the slow part.
