@@ -321,7 +321,8 @@ def speedups(rows, baseline="float32"):
 
 
 def _speedup_table(entries, peak_ratio):
-    lines = [f"speed-ups against float32 (whole-run bfloat16 / float32 matmul peak ratio {peak_ratio:.2f}):",
+    lines = [f"speed-ups against float32 (bfloat16 / float32 matmul peak ratio {peak_ratio:.2f}; with --threads 1 "
+             "from CPU time):",
              "model | image | prior | K | mode | step ms float32 -> mode | train speed-up (CPU time) | eval img/s "
              "float32 -> mode | eval speed-up (CPU time) | bf16/fp32 matmul ratio beside",
              "--- | --- | --- | --- | --- | --- | --- | --- | --- | ---"]
@@ -391,6 +392,11 @@ def main(argv):
     print(f"machine: {machine}" + (f", {FLAGS.threads} thread(s)" if FLAGS.threads else ""))
     print(f"CPU: {machine['cpu']}; dense matmul peak: float32 {peak / 1e9:.0f} GFLOP/s, bfloat16 {peak_bf16 / 1e9:.0f} "
           f"GFLOP/s (bfloat16 / float32 = {peak_bf16 / peak:.2f})", flush=True)
+    cpu_peaks = None
+    if FLAGS.threads == 1:  # one thread: CPU time is the core's own rate, whatever else runs on the host
+        cpu_peaks = [profiling.matmul_peak(sizes=(1024, 2048), dtype=d, cpu=True) for d in (tf.float32, tf.bfloat16)]
+        print(f"  by CPU time (one thread): float32 {cpu_peaks[0] / 1e9:.0f} GFLOP/s, bfloat16 {cpu_peaks[1] / 1e9:.0f} "
+              f"GFLOP/s (bfloat16 / float32 = {cpu_peaks[1] / cpu_peaks[0]:.2f})", flush=True)
     print("compute dtypes: " + "; ".join(f"{mode} ({how})" for mode, how in modes), flush=True)
     if FLAGS.epochs and not FLAGS.quick and not options["manual_dir"]:
         print("note: the epoch rows run on synthetic images: static MNIST's files were not found (--manual_dir or "
@@ -401,9 +407,11 @@ def main(argv):
     gains = speedups(rows)
     if gains:
         print()
-        print(_speedup_table(gains, peak_bf16 / peak))
+        print(_speedup_table(gains, cpu_peaks[1] / cpu_peaks[0] if cpu_peaks else peak_bf16 / peak))
     result = {"machine": machine, "matmul_peak_flops": peak, "matmul_peak_flops_bfloat16": peak_bf16,
-              "matmul_ratio": peak_bf16 / peak, "threads": FLAGS.threads, "batch_size": FLAGS.batch_size,
+              "matmul_ratio": peak_bf16 / peak, "threads": FLAGS.threads,
+              "matmul_peak_flops_cpu_time": cpu_peaks and {"float32": cpu_peaks[0], "bfloat16": cpu_peaks[1],
+                                                           "ratio": cpu_peaks[1] / cpu_peaks[0]}, "batch_size": FLAGS.batch_size,
               "eval_samples": options["eval_samples"], "compute_dtypes": [mode for mode, _ in modes],
               "eval_prior_dtype": FLAGS.eval_prior_dtype, "command": " ".join(sys.argv), "rows": rows,
               "speedups": gains}
