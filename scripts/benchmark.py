@@ -332,7 +332,8 @@ def _speedup_table(entries, peak_ratio):
         lines.append(" | ".join([
             e["model"], "x".join(map(str, e["image_shape"])), e["prior"], str(e["k"]) if e["prior"] != "standard"
             else "-", mode, f"{e['step_ms'][base]:.1f} -> {e['step_ms'][mode]:.1f}",
-            f"{e['train_speedup']:.2f}x ({e['train_speedup_cpu']:.2f}x)", f"{ev[base]:.2f} -> {ev[mode]:.2f}" if ev else "-",
+            f"{e['train_speedup']:.2f}x ({e['train_speedup_cpu']:.2f}x)",
+            f"{ev[base]:.2f} -> {ev[mode]:.2f}" if ev else "-",
             f"{e['eval_speedup']:.2f}x ({e['eval_speedup_cpu']:.2f}x)" if ev else "-",
             f"{e['matmul_ratio_beside']:.2f}"]))
     return "\n".join(lines)
@@ -411,7 +412,8 @@ def main(argv):
     result = {"machine": machine, "matmul_peak_flops": peak, "matmul_peak_flops_bfloat16": peak_bf16,
               "matmul_ratio": peak_bf16 / peak, "threads": FLAGS.threads,
               "matmul_peak_flops_cpu_time": cpu_peaks and {"float32": cpu_peaks[0], "bfloat16": cpu_peaks[1],
-                                                           "ratio": cpu_peaks[1] / cpu_peaks[0]}, "batch_size": FLAGS.batch_size,
+                                                           "ratio": cpu_peaks[1] / cpu_peaks[0]},
+              "batch_size": FLAGS.batch_size,
               "eval_samples": options["eval_samples"], "compute_dtypes": [mode for mode, _ in modes],
               "eval_prior_dtype": FLAGS.eval_prior_dtype, "command": " ".join(sys.argv), "rows": rows,
               "speedups": gains}

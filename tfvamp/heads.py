@@ -96,7 +96,8 @@ class ImageHead(keras.layers.Layer):
     def build(self, input_shape):
         channels = self.image_shape[-1]
         width = channels if self.conv else int(np.prod(self.image_shape))
-        self.kernel = self.add_weight(autocast=False, name="kernel", shape=(int(input_shape[-1]), self.num_params * width),
+        self.kernel = self.add_weight(autocast=False, name="kernel",
+                                      shape=(int(input_shape[-1]), self.num_params * width),
                                       initializer=keras.initializers.HeNormal())
         self.bias = self.add_weight(autocast=False, name="bias", shape=(self.num_params * width,), initializer="zeros")
         self._mask = (tf.constant(layers.pixelcnn_head_mask(int(input_shape[-1]), channels, self.num_params))

@@ -80,7 +80,8 @@ class GatedDense(keras.layers.Layer):
 
     def build(self, input_shape):
         in_features = int(input_shape[-1])
-        self.kernel = self.add_weight(autocast=False, name="kernel", shape=(in_features, self.units), initializer=_he_normal())
+        self.kernel = self.add_weight(autocast=False, name="kernel", shape=(in_features, self.units),
+                                      initializer=_he_normal())
         self.bias = self.add_weight(autocast=False, name="bias", shape=(self.units,), initializer="zeros")
         self.gate_kernel = self.add_weight(autocast=False, name="gate_kernel", shape=(in_features, self.units),
                                            initializer=_he_normal())
