@@ -4,6 +4,7 @@
     python scripts/benchmark.py                        # the grid of docs/benchmarks.md
     python scripts/benchmark.py --quick                # a smoke test (a minute)
     python scripts/benchmark.py --models vae,hvae --components 500 --output_json bench.json
+    python scripts/benchmark.py --models vae,convhvae --components 500 --compute_dtypes float32,mixed --threads 1
 
 For each model x prior (standard; vampprior at each K) on 28x28 binary data it measures the
 real training step (`tfvamp.training.Trainer.train_step`: strategy, AdamNormGrad, noise) on a
@@ -20,6 +21,14 @@ What a user waits for is the epoch: the VampPrior rows at K = 500 (and --quick) 
 --epochs whole epochs of the real loop (`Trainer.fit`: input pipeline, validation pass,
 checkpoint, TensorBoard) and report seconds per epoch and epoch time / (steps x step time),
 with a warning above 1.1. The colour rows train convHVAE and PixelHVAE on 32x32x3 8-bit images.
+
+Precision: every configuration runs in each of --compute_dtypes (default float32 and auto, which
+is `mixed` on hardware with bfloat16 units: tfvamp/precision.py), one after the other, --rounds
+times alternating, so that the two are timed side by side. The run prints the CPU model, both
+matmul peaks (float32, bfloat16) and their ratio, and a speed-up table: step and evaluation
+speed of each mode against float32 (from wall time, and in brackets from the worker's CPU time,
+which other processes on a shared host do not stretch; with --threads 1 it is the work itself),
+beside the bfloat16 / float32 matmul ratio measured next to each timing.
 """
 import json
 import os
@@ -44,7 +53,13 @@ flags.DEFINE_integer("eval_samples", 5000, "Importance samples per test image.")
 flags.DEFINE_integer("eval_images", 100, "Test images timed for the MLP models (VAE, HVAE).")
 flags.DEFINE_integer("conv_eval_images", 2, "Test images timed for convHVAE and PixelHVAE (each takes "
                      "seconds at S=5000).")
-flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "Hidden-layer compute dtype.")
+flags.DEFINE_list("compute_dtypes", ["float32", "auto"], "Precision modes to time each configuration in, side by "
+                  "side (tfvamp/precision.py: float32, mixed, bfloat16, auto); duplicates after resolving auto are "
+                  "dropped.")
+flags.DEFINE_integer("rounds", 1, "Time every configuration this many times in each mode, alternating the modes "
+                     "(the speed-ups use the medians).")
+flags.DEFINE_bool("standard_rows", True, "Also the standard-prior rows of each model (the baseline of 'vs std').")
+flags.DEFINE_integer("threads", 0, "TensorFlow threads of every process (0 = its default: every core).")
 flags.DEFINE_enum("eval_prior_dtype", "float32", ["float64", "float32"],
                   "Precision of the mixture prior's log-density in the IS estimator.")
 flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA for the train step.")
@@ -108,12 +123,16 @@ def _epoch_splits(spec, info, x):
 
 
 def _run_worker(spec):
+    from tfvamp import distribute  # pylint: disable=import-outside-toplevel
+
+    distribute.set_threads(spec.get("threads", 0))  # before TensorFlow starts
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     from tfvamp import profiling  # pylint: disable=import-outside-toplevel
 
     config, info, trainer, x = _worker_setup(spec)
     out = {"model": spec["model"], "prior": spec["prior"], "k": spec["k"], "jit_compile": trainer.jit_compile,
+           "round": spec.get("round", 0),
            "image_shape": list(x.shape[1:]), "compute_dtype": spec["compute_dtype"],
            "train": _beside_peak(lambda: profiling.benchmark_training(trainer, x, repeats=spec["repeats"]))}
     if spec.get("eval_images"):
@@ -137,14 +156,22 @@ def _run_worker(spec):
 
 
 def _beside_peak(measure):
-    """`measure()`'s dict, plus `beside_peak_flops`: the float32 matmul rate measured just before
-    and after it (the better of the two). On a shared host the machine's speed drifts over a
-    long run; a fraction against this peak tells the host's drift from the code's."""
+    """`measure()`'s dict, plus `beside_peak_flops` and `beside_peak_flops_bfloat16`: the float32
+    and bfloat16 matmul rates measured just before and after it (the better of the two). On a
+    shared host the machine's speed drifts over a long run; a fraction against this peak tells
+    the host's drift from the code's, and their ratio is the bfloat16 gain on offer right then."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
     from tfvamp import profiling  # pylint: disable=import-outside-toplevel
 
-    before = profiling.matmul_peak(sizes=(2048,), repeats=3)
+    def peaks():
+        return [profiling.matmul_peak(sizes=(2048,), repeats=3, dtype=d) for d in (tf.float32, tf.bfloat16)]
+
+    before = peaks()
     result = measure()
-    result["beside_peak_flops"] = max(before, profiling.matmul_peak(sizes=(2048,), repeats=3))
+    after = peaks()
+    result["beside_peak_flops"] = max(before[0], after[0])
+    result["beside_peak_flops_bfloat16"] = max(before[1], after[1])
     return result
 
 
@@ -173,7 +200,7 @@ def _machine():
 
 
 def _table(rows, peak):
-    header = ("model", "image", "prior", "K", "step ms", "steps/s", "ex/s", "GFLOP/step", "GFLOP/s", "% peak",
+    header = ("model", "image", "prior", "K", "dtype", "step ms", "steps/s", "ex/s", "GFLOP/step", "GFLOP/s", "% peak",
               "vs std", "eval img/s", "eval MFLOP/img", "eval % peak", "peak MB", "% beside (train, eval)")
     lines = [" | ".join(header), " | ".join("---" for _ in header)]
     for r in rows:
@@ -182,7 +209,7 @@ def _table(rows, peak):
         ev = r.get("eval")
         ev_rate = ev["flops_per_image"] * ev["images_per_second"] if ev else None
         cells = (r["model"], "x".join(map(str, r.get("image_shape", (28, 28, 1)))), r["prior"],
-                 str(r["k"]) if r["prior"] != "standard" else "-",
+                 str(r["k"]) if r["prior"] != "standard" else "-", r.get("compute_dtype", "float32"),
                  f"{1000 * t['seconds_per_step']:.1f}", f"{t['steps_per_second']:.1f}",
                  f"{t['examples_per_second']:.0f}", f"{t['flops_per_step'] / 1e9:.2f}", f"{rate / 1e9:.0f}",
                  f"{100 * rate / peak:.0f}%", f"{r['overhead']:.2f}x" if r.get("overhead") else "1.00x",
@@ -198,12 +225,13 @@ def _table(rows, peak):
 def _grid(models, components, eval_samples, repeats, manual_dir):
     """The worker specs: each model x (standard, VampPrior at each K) on 28x28x1, then the colour rows."""
     specs = []
-    common = {"batch_size": FLAGS.batch_size, "eval_samples": eval_samples, "compute_dtype": FLAGS.compute_dtype,
+    common = {"batch_size": FLAGS.batch_size, "eval_samples": eval_samples, "threads": FLAGS.threads,
               "eval_prior_dtype": FLAGS.eval_prior_dtype, "jit_compile": FLAGS.jit_compile, "repeats": repeats,
               "quick": FLAGS.quick, "manual_dir": manual_dir, "op_profile": FLAGS.op_profile}
     for model in models:
         conv = model in ("convhvae", "pixelhvae")
-        for prior, k in [("standard", 1)] + [("vampprior", k) for k in components]:
+        standard = [("standard", 1)] if FLAGS.standard_rows else []
+        for prior, k in standard + [("vampprior", k) for k in components]:
             paper_k = prior == "standard" or k == 500 or FLAGS.quick
             specs.append(dict(common, model=model, prior=prior, k=k, image_shape=[28, 28, 1],
                               # Evaluation at the paper's K (and the standard prior) only: it is the slow part.
@@ -238,15 +266,81 @@ def _print_row(row, peak):
                 print(f"      {1000 * seconds:8.2f}  {count:6.1f}x  {op_type:<24} {name}")
 
 
-def main(argv):
-    del argv
-    if FLAGS.worker:
-        _run_worker(json.loads(FLAGS.worker))
-        return 0
-    from tfvamp import profiling  # pylint: disable=import-outside-toplevel
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+def _compute_dtypes():
+    """--compute_dtypes resolved on this machine (auto -> a concrete mode), duplicates dropped:
+    [(mode, how it was chosen)]."""
+    from tfvamp import precision  # pylint: disable=import-outside-toplevel
+    chosen = []
+    for requested in FLAGS.compute_dtypes:
+        try:
+            choice = precision.resolve(requested)
+        except ValueError as e:
+            raise app.UsageError(f"--compute_dtypes: {e}") from None
+        if choice.mode not in [mode for mode, _ in chosen]:
+            chosen.append((choice.mode, f"{requested}: {choice.reason}" if requested == "auto" else "given"))
+    return chosen
 
-    # --quick shrinks what the user did not set explicitly.
+
+def _median(values):
+    values = sorted(values)
+    return 0.5 * (values[(len(values) - 1) // 2] + values[len(values) // 2])
+
+
+def _speedup(key, base, other, baseline, mode):
+    """One configuration's medians over rounds in `mode` against `baseline`."""
+    both = base + other
+    step = lambda rs: 1000 * _median([r["train"]["seconds_per_step"] for r in rs])  # noqa: E731
+    entry = {"model": key[0], "prior": key[1], "k": key[2], "image_shape": list(key[3]), "compute_dtype": mode,
+             "step_ms": {baseline: step(base), mode: step(other)},
+             "matmul_ratio_beside": _median([r["train"]["beside_peak_flops_bfloat16"] / r["train"]["beside_peak_flops"]
+                                             for r in both])}
+    entry["train_speedup"] = entry["step_ms"][baseline] / entry["step_ms"][mode]
+    cpu = lambda rs: _median([r["train"]["cpu_seconds_per_step"] for r in rs])  # noqa: E731
+    entry["train_speedup_cpu"] = cpu(base) / cpu(other)
+    if all("eval" in r for r in both):
+        rate = lambda rs, key="images_per_second": _median([r["eval"][key] for r in rs])  # noqa: E731
+        entry["eval_images_per_second"] = {baseline: rate(base), mode: rate(other)}
+        entry["eval_speedup"] = rate(other) / rate(base)
+        entry["eval_speedup_cpu"] = rate(other, "cpu_images_per_second") / rate(base, "cpu_images_per_second")
+    return entry
+
+
+def speedups(rows, baseline="float32"):
+    """Per configuration and mode, the medians over rounds against `baseline`: train step and
+    evaluation speed-ups, beside the bfloat16 / float32 matmul ratio measured next to the timings."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["prior"], r["k"], tuple(r["image_shape"])), []).append(r)
+    out = []
+    for key, mine in groups.items():
+        base = [r for r in mine if r["compute_dtype"] == baseline]
+        for mode in dict.fromkeys(r["compute_dtype"] for r in mine if r["compute_dtype"] != baseline):
+            if base:
+                out.append(_speedup(key, base, [r for r in mine if r["compute_dtype"] == mode], baseline, mode))
+    return out
+
+
+def _speedup_table(entries, peak_ratio):
+    lines = [f"speed-ups against float32 (bfloat16 / float32 matmul peak ratio {peak_ratio:.2f}; with --threads 1 "
+             "from CPU time):",
+             "model | image | prior | K | mode | step ms float32 -> mode | train speed-up (CPU time) | eval img/s "
+             "float32 -> mode | eval speed-up (CPU time) | bf16/fp32 matmul ratio beside",
+             "--- | --- | --- | --- | --- | --- | --- | --- | --- | ---"]
+    for e in entries:
+        base, mode = "float32", e["compute_dtype"]
+        ev = e.get("eval_images_per_second")
+        lines.append(" | ".join([
+            e["model"], "x".join(map(str, e["image_shape"])), e["prior"], str(e["k"]) if e["prior"] != "standard"
+            else "-", mode, f"{e['step_ms'][base]:.1f} -> {e['step_ms'][mode]:.1f}",
+            f"{e['train_speedup']:.2f}x ({e['train_speedup_cpu']:.2f}x)",
+            f"{ev[base]:.2f} -> {ev[mode]:.2f}" if ev else "-",
+            f"{e['eval_speedup']:.2f}x ({e['eval_speedup_cpu']:.2f}x)" if ev else "-",
+            f"{e['matmul_ratio_beside']:.2f}"]))
+    return "\n".join(lines)
+
+
+def _options():
+    """The run's settings, --quick shrinking what the user did not set explicitly."""
     quick = lambda name, small, full: small if FLAGS.quick and not FLAGS[name].present else full  # noqa: E731
     models = quick("models", ["vae", "hvae"], FLAGS.models)
     unknown = sorted(set(models) - {"vae", "hvae", "convhvae", "pixelhvae"})
@@ -255,33 +349,74 @@ def main(argv):
     components = quick("components", [1, 50], [int(k) for k in FLAGS.components])
     if min(components) < 1:
         raise app.UsageError(f"--components must all be >= 1, got {components}.")
-    eval_samples = quick("eval_samples", 50, FLAGS.eval_samples)
-    repeats = quick("repeats", 2, FLAGS.repeats)
-    manual_dir = FLAGS.manual_dir or os.environ.get("TFVAMP_MANUAL_DIR")
+    if FLAGS.rounds < 1 or FLAGS.threads < 0:
+        raise app.UsageError("--rounds must be >= 1 and --threads >= 0.")
+    return dict(models=models, components=components, eval_samples=quick("eval_samples", 50, FLAGS.eval_samples),
+                repeats=quick("repeats", 2, FLAGS.repeats),
+                manual_dir=FLAGS.manual_dir or os.environ.get("TFVAMP_MANUAL_DIR"))
+
+
+def _run_grid(options, modes, peak):
+    """Every configuration in every mode, --rounds times alternating; the rows as they come."""
+    rows = []
+    for spec in _grid(options["models"], options["components"], options["eval_samples"], options["repeats"],
+                      options["manual_dir"]):
+        label = f"{spec['model']} {spec['prior']}" + (f" K={spec['k']}" if spec["prior"] != "standard" else "")
+        for round_index in range(FLAGS.rounds):
+            for mode in modes:
+                print(f"... {label} {'x'.join(map(str, spec['image_shape']))} {mode}"
+                      + (f" (round {round_index + 1})" if FLAGS.rounds > 1 else ""), flush=True)
+                row = _spawn(dict(spec, compute_dtype=mode, round=round_index))
+                standard = [r for r in rows if r["model"] == row["model"] and r["prior"] == "standard"
+                            and r["image_shape"] == row["image_shape"] and r["compute_dtype"] == mode]
+                if row["prior"] != "standard" and standard:
+                    row["overhead"] = row["train"]["seconds_per_step"] / standard[-1]["train"]["seconds_per_step"]
+                rows.append(row)
+                _print_row(row, peak)
+    return rows
+
+
+def main(argv):
+    del argv
+    if FLAGS.worker:
+        _run_worker(json.loads(FLAGS.worker))
+        return 0
+    options = _options()
+    from tfvamp import distribute  # pylint: disable=import-outside-toplevel
+    distribute.set_threads(FLAGS.threads)  # the peaks with the workers' thread count
+    from tfvamp import profiling  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    modes = _compute_dtypes()
     machine = _machine()
-    peak = profiling.matmul_peak()
-    peak_bf16 = profiling.matmul_peak(dtype=tf.bfloat16)
-    print(f"machine: {machine}")
-    print(f"dense matmul peak: float32 {peak / 1e9:.0f} GFLOP/s, bfloat16 {peak_bf16 / 1e9:.0f} GFLOP/s", flush=True)
-    if FLAGS.epochs and not FLAGS.quick and not manual_dir:
+    peak, peak_bf16 = profiling.matmul_peak(), profiling.matmul_peak(dtype=tf.bfloat16)
+    print(f"machine: {machine}" + (f", {FLAGS.threads} thread(s)" if FLAGS.threads else ""))
+    print(f"CPU: {machine['cpu']}; dense matmul peak: float32 {peak / 1e9:.0f} GFLOP/s, bfloat16 {peak_bf16 / 1e9:.0f} "
+          f"GFLOP/s (bfloat16 / float32 = {peak_bf16 / peak:.2f})", flush=True)
+    cpu_peaks = None
+    if FLAGS.threads == 1:  # one thread: CPU time is the core's own rate, whatever else runs on the host
+        cpu_peaks = [profiling.matmul_peak(sizes=(1024, 2048), dtype=d, cpu=True) for d in (tf.float32, tf.bfloat16)]
+        print(f"  by CPU time (one thread): float32 {cpu_peaks[0] / 1e9:.0f} GFLOP/s, bfloat16 {cpu_peaks[1] / 1e9:.0f} "
+              f"GFLOP/s (bfloat16 / float32 = {cpu_peaks[1] / cpu_peaks[0]:.2f})", flush=True)
+    print("compute dtypes: " + "; ".join(f"{mode} ({how})" for mode, how in modes), flush=True)
+    if FLAGS.epochs and not FLAGS.quick and not options["manual_dir"]:
         print("note: the epoch rows run on synthetic images: static MNIST's files were not found (--manual_dir or "
               "TFVAMP_MANUAL_DIR, e.g. ../shared/data).", flush=True)
-    rows = []
-    for spec in _grid(models, components, eval_samples, repeats, manual_dir):
-        label = f"{spec['model']} {spec['prior']}" + (f" K={spec['k']}" if spec["prior"] != "standard" else "")
-        print(f"... {label} {'x'.join(map(str, spec['image_shape']))}", flush=True)
-        row = _spawn(spec)
-        standard = [r for r in rows if r["model"] == row["model"] and r["prior"] == "standard"
-                    and r["image_shape"] == row["image_shape"]]
-        if row["prior"] != "standard" and standard:
-            row["overhead"] = row["train"]["seconds_per_step"] / standard[0]["train"]["seconds_per_step"]
-        rows.append(row)
-        _print_row(row, peak)
+    rows = _run_grid(options, [mode for mode, _ in modes], peak)
     print()
     print(_table(rows, peak))
+    gains = speedups(rows)
+    if gains:
+        print()
+        print(_speedup_table(gains, cpu_peaks[1] / cpu_peaks[0] if cpu_peaks else peak_bf16 / peak))
     result = {"machine": machine, "matmul_peak_flops": peak, "matmul_peak_flops_bfloat16": peak_bf16,
-              "batch_size": FLAGS.batch_size, "eval_samples": eval_samples, "compute_dtype": FLAGS.compute_dtype,
-              "eval_prior_dtype": FLAGS.eval_prior_dtype, "command": " ".join(sys.argv), "rows": rows}
+              "matmul_ratio": peak_bf16 / peak, "threads": FLAGS.threads,
+              "matmul_peak_flops_cpu_time": cpu_peaks and {"float32": cpu_peaks[0], "bfloat16": cpu_peaks[1],
+                                                           "ratio": cpu_peaks[1] / cpu_peaks[0]},
+              "batch_size": FLAGS.batch_size,
+              "eval_samples": options["eval_samples"], "compute_dtypes": [mode for mode, _ in modes],
+              "eval_prior_dtype": FLAGS.eval_prior_dtype, "command": " ".join(sys.argv), "rows": rows,
+              "speedups": gains}
     if FLAGS.output_json:
         with open(FLAGS.output_json, "w") as f:
             json.dump(result, f, indent=2)

@@ -33,9 +33,10 @@ flags.DEFINE_enum("split", "test", ("test", "validation"), "Which split to evalu
 flags.DEFINE_enum("which", "best", ("best", "latest"), "Best weights or the newest checkpoint.")
 flags.DEFINE_integer("eval_samples", 5000, "Importance samples S per image for log p(x).", lower_bound=1)
 flags.DEFINE_integer("chunk_size", 0, "Importance samples per network pass (0 = automatic, ~256 MB).")
-flags.DEFINE_enum("compute_dtype", None, ("float32", "bfloat16"),
-                  "Hidden-layer precision for this evaluation (default: the run's). bfloat16 is faster "
-                  "on CPUs with AVX512-BF16; see docs/benchmarks.md for its effect on the LL.")
+flags.DEFINE_string("compute_dtype", None,
+                    "Precision of this evaluation (default: the run's): float32, mixed, bfloat16 or auto "
+                    "(tfvamp/precision.py). --compute_dtype=float32 evaluates any run in float32; mixed is "
+                    "faster on CPUs with AVX512-BF16 or AMX; see docs/benchmarks.md for the effect on the LL.")
 flags.DEFINE_enum("prior_dtype", "float32", ("float32", "float64"),
                   "Precision of the mixture prior's log-density in the IS estimator (float32 is centred "
                   "per image and within ~1e-5 nats of float64).")

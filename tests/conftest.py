@@ -2,6 +2,9 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# `--compute_dtype=auto` (the default) picks by hardware; tests run alike on every machine, so it is
+# pinned to float32 here (tests/test_precision.py covers the choice itself, hardware mocked).
+os.environ.setdefault("TFVAMP_AUTO_COMPUTE_DTYPE", "float32")
 _SHARED_DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
 if os.path.isdir(_SHARED_DATA):
     os.environ.setdefault("TFVAMP_MANUAL_DIR", _SHARED_DATA)

@@ -83,29 +83,44 @@ def _vae_train_flops(pixels, d, batch):
 
 def test_benchmark_script_quick(tmp_path):
     """scripts/benchmark.py --quick: its FLOPs per step against the closed form of the VAE's
-    layer shapes, finite rates, the profile and the rows asked for."""
+    layer shapes, finite rates, the profile and the rows asked for, each in float32 and in the
+    mixed mode beside it, with the speed-ups and the bfloat16 / float32 matmul ratios."""
     out = tmp_path / "bench.json"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"), "--quick", "--models=vae",
-         "--components=2", "--op_profile=3", f"--output_json={out}"],
+         "--components=2", "--op_profile=3", "--compute_dtypes=float32,mixed", "--threads=1",
+         f"--output_json={out}"],
         cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert [(r["model"], r["prior"], r["k"]) for r in result["rows"]] == [("vae", "standard", 1),
-                                                                          ("vae", "vampprior", 2)]
+    assert [(r["model"], r["prior"], r["k"], r["compute_dtype"]) for r in result["rows"]] == [
+        ("vae", "standard", 1, "float32"), ("vae", "standard", 1, "mixed"), ("vae", "vampprior", 2, "float32"),
+        ("vae", "vampprior", 2, "mixed")]
     standard = result["rows"][0]["train"]
     assert standard["flops_per_step"] == _vae_train_flops(784, 40, result["batch_size"])
+    assert result["rows"][1]["train"]["flops_per_step"] == standard["flops_per_step"]  # the same model
+    speedups = result["speedups"]
+    assert [(e["prior"], e["compute_dtype"]) for e in speedups] == [("standard", "mixed"), ("vampprior", "mixed")]
+    for e in speedups:
+        assert e["train_speedup"] == pytest.approx(e["step_ms"]["float32"] / e["step_ms"]["mixed"])
+        assert 0 < e["eval_speedup"] and 0 < e["eval_speedup_cpu"] and 0 < e["train_speedup_cpu"]
+        assert 0 < e["matmul_ratio_beside"]
+    assert result["matmul_ratio"] == pytest.approx(result["matmul_peak_flops_bfloat16"] / result["matmul_peak_flops"])
+    assert "bfloat16 / float32 =" in proc.stdout and "train speed-up" in proc.stdout
+    cpu_peaks = result["matmul_peak_flops_cpu_time"]  # --threads=1: the core's rates by CPU time
+    assert cpu_peaks["ratio"] == pytest.approx(cpu_peaks["bfloat16"] / cpu_peaks["float32"])
+    assert cpu_peaks["float32"] > 1e9
     for row in result["rows"]:
         assert 0 < row["train"]["seconds_per_step"] < 10 and row["peak_rss_mb"] > 0
         assert len(row["train_ops"]) == 3 and len(row["eval_ops"]) == 3
         assert 1e9 < row["train"]["beside_peak_flops"] and 1e9 < row["eval"]["beside_peak_flops"]
     # The epoch rows: whole epochs of the real loop beside the step alone.
-    epochs = result["rows"][1]["epochs"]
+    epochs = result["rows"][2]["epochs"]
     assert len(epochs["epoch_seconds"]) == 3 and epochs["steps"] == 16  # 2000 images, 20% carved, batch 100
     assert epochs["epoch_over_steps"] == pytest.approx(
         epochs["seconds_per_epoch"] / (epochs["steps"] * epochs["step_seconds"]))
     assert 0.5 < epochs["epoch_over_steps"] < 5
     # The VampPrior adds the pseudo-inputs' encoder pass and the mixture to the same step.
-    assert result["rows"][1]["train"]["flops_per_step"] > standard["flops_per_step"]
+    assert result["rows"][2]["train"]["flops_per_step"] > standard["flops_per_step"]
     assert "% peak" in proc.stdout and result["machine"]["cpu"]

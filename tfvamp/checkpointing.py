@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfvamp import models
+from tfvamp import precision
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -160,9 +161,10 @@ def load_model(model_dir, which="best", compute_dtype=None):
     Args:
       model_dir: a run directory written by scripts/train.py.
       which: 'best' or 'latest'.
-      compute_dtype: None keeps the run's; 'bfloat16' or 'float32' rebuilds the hidden layers
-        in that precision (variables are float32 either way, so the same checkpoint restores),
-        e.g. to evaluate a float32-trained model faster on CPUs with AVX512-BF16.
+      compute_dtype: None keeps the run's; a mode of `tfvamp.precision` ('float32', 'mixed',
+        'bfloat16', 'auto': resolved on this machine) rebuilds the model in that precision
+        (variables are float32 in every mode, so the same checkpoint restores), e.g. to evaluate
+        a float32-trained model faster on CPUs with AVX512-BF16, or a mixed one in float32.
 
     Returns:
       (model, config); `config` records the compute_dtype used. Raises FileNotFoundError when
@@ -170,7 +172,7 @@ def load_model(model_dir, which="best", compute_dtype=None):
     """
     config = load_config(model_dir)
     if compute_dtype is not None:
-        config = {**config, "compute_dtype": compute_dtype}
+        config = {**config, "compute_dtype": precision.resolve(compute_dtype).mode}
     path = checkpoint_path(model_dir, which)
     if path is None:
         raise FileNotFoundError(f"No {which!r} checkpoint in {model_dir!r} (looked in "

@@ -52,10 +52,9 @@ def setup(model, x, prior_dtype="float32"):
 
     `encoded` is `model.encode_data(x, many_samples=True)`; `log_prior` maps top latents
     `[S * B, D]` (sample-major) to log p `[S * B]`, centred on each image's posterior mean;
-    `prior` is `model.prior()`, which it was built from.
+    `prior` is `model.prior()`, which it was built from (`model.encode_with_prior`).
     """
-    encoded = model.encode_data(x, many_samples=True)
-    prior = model.prior()
+    encoded, prior = model.encode_with_prior(x, many_samples=True)
     return encoded, priors.log_prob_by_image(prior, encoded["top_mean"], tf.as_dtype(prior_dtype)), prior
 
 

@@ -500,3 +500,23 @@ def save_results(model_dir, summary, split="test", **extra):
     kept); returns its path."""
     checkpointing.update_results(model_dir, {split: {**summary, **extra}})
     return os.path.join(model_dir, checkpointing.RESULTS_FILE)
+
+
+def paired_difference(baseline, other):
+    """Mean and standard error over test images of other(x) - baseline(x), two runs' per-image
+    log-likelihoods `[N]` (each run's `eval_<split>.npz`, in the same image order).
+
+    The standard error is over images only: it says how well this test set pins down the
+    difference between these two trained models, not how much training again would move it.
+
+    Returns:
+      dict: `paired_difference` (nats per image), `paired_se`, `num_examples`, and the share of
+      images on which `other` is better (`other_better`).
+    """
+    baseline, other = np.asarray(baseline, np.float64), np.asarray(other, np.float64)
+    if baseline.shape != other.shape or baseline.ndim != 1 or len(baseline) < 2:
+        raise ValueError(f"paired_difference takes two [N] arrays of the same test set (N >= 2), got shapes "
+                         f"{baseline.shape} and {other.shape}.")
+    diff = other - baseline
+    return {"paired_difference": float(diff.mean()), "paired_se": float(diff.std(ddof=1) / math.sqrt(len(diff))),
+            "num_examples": int(len(diff)), "other_better": float(np.mean(diff > 0))}

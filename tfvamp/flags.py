@@ -22,6 +22,7 @@ from tfvamp import image_sources
 from tfvamp import likelihoods
 from tfvamp import models
 from tfvamp import optimizers
+from tfvamp import precision
 from tfvamp import priors
 
 DATASETS = data.NAMES  # and your own images: folder:PATH, array:PATH, tfds:NAME[/CONFIG]
@@ -103,9 +104,12 @@ FLAGS = (
      "(testing multi-replica code without GPUs; 0 = don't)."),
     ("threads", "integer", 0, None, "TensorFlow's intra- and inter-op threads (0 = TensorFlow's default: every "
      "core). --threads=1 keeps a long run to one core."),
-    ("compute_dtype", "enum", "float32", models.COMPUTE_DTYPES,
-     "Hidden-layer compute dtype: bfloat16 runs the networks' matmuls and convolutions in bfloat16 (float32 "
-     "variables, heads and densities); see docs/benchmarks.md."),
+    ("compute_dtype", "string", "auto", None,
+     "Compute precision (variables are float32 in every mode): auto = mixed where the hardware has bfloat16 "
+     "units (GPU compute capability >= 8.0, CPU with AMX or AVX512-BF16), else float32; mixed = the measured "
+     "per-part policy (bfloat16 everywhere but the Gaussian heads); bfloat16 = the hidden layers only; "
+     "float32; bfloat16_except:PART,... for measuring (tfvamp/precision.py, docs/training.md). A resumed run "
+     "keeps its own unless given explicitly."),
     ("jit_compile", "enum", "auto", JIT_CHOICES,
      "XLA-compile the per-replica forward/backward pass. auto: off (measured slower on CPUs, docs/training.md)."),
     # Logging.
@@ -178,6 +182,10 @@ def _check_values(config, skip=()):
     for name in ("validation_fraction", "test_fraction"):
         if not 0.0 < float(config[name]) < 0.5:
             errors.append(f"--{name} must lie in (0, 0.5), got {config[name]!r}.")
+    try:
+        precision.check_mode(config["compute_dtype"])
+    except ValueError as e:
+        errors.append(f"--{e}")
     if config["channels"] not in (0, 1, 3):
         errors.append(f"--channels must be 0 (as the files are), 1 (grey) or 3 (RGB), got {config['channels']!r}.")
     return errors
@@ -281,12 +289,23 @@ def validate_config(config, info=None):
     if errors:
         raise ValueError("Invalid training flags:\n  " + "\n  ".join(errors))
     _fill_templates(config)
+    _resolve_precision(config)
     info = info or data.get_info(dataset, source_options(config))
     _fill_dataset_defaults(config, info)
     errors = _check_combinations(config, info)
     if errors:
         raise ValueError("Invalid training flags:\n  " + "\n  ".join(errors))
     return config
+
+
+def _resolve_precision(config):
+    """`--compute_dtype=auto` becomes a concrete mode before anything is built; `precision` records
+    what was asked, the choice, the CPU/GPU model and why (results.json keeps it)."""
+    choice = precision.resolve(config["compute_dtype"])
+    known = config.get("precision")
+    config["compute_dtype"] = choice.mode
+    if not (isinstance(known, dict) and known.get("mode") == choice.mode):  # re-validation keeps the record
+        config["precision"] = choice.as_dict()
 
 
 def run_name(config):

@@ -3,7 +3,9 @@
 * `GaussianHead`: a diagonal Gaussian's mean and log-variance (every q and p(z1|z2) head).
 * `ImageHead`: the likelihood's parameter maps over the image, and log p(x | features).
 
-Shapes are in the docstrings; the math lives in `tfvamp.likelihoods`.
+Shapes are in the docstrings; the math lives in `tfvamp.likelihoods`. Heads return float32
+whatever they compute in (their matmuls run in bfloat16 where `tfvamp.precision` says so), so
+that every density downstream is float32.
 """
 import keras
 import numpy as np
@@ -15,25 +17,54 @@ from tfvamp import likelihoods
 LOGVAR_MIN, LOGVAR_MAX = -6.0, 2.0  # the release's hardtanh on every variance head
 
 
+def _check_dtype(dtype):
+    dtype = tf.as_dtype(dtype).name
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"A head computes in float32 or bfloat16, got {dtype}.")
+    return dtype
+
+
 @keras.saving.register_keras_serializable(package="tfvamp")
 class GaussianHead(keras.layers.Layer):
-    """Linear mean and hardtanh(-6, 2) log-variance heads: `[N, F]` -> (`[N, D]`, `[N, D]`)."""
+    """Linear mean and hardtanh(-6, 2) log-variance heads: `[N, F]` -> (`[N, D]`, `[N, D]`) float32.
 
-    def __init__(self, latent_size, **kwargs):
+    `mean_dtype`, `logvar_dtype`: what each half's matmul computes in (float32 or bfloat16);
+    the variables are float32 (one `[F, 2D]` kernel, as in every checkpoint).
+    """
+
+    def __init__(self, latent_size, mean_dtype="float32", logvar_dtype="float32", float32_weight_gradients=False,
+                 **kwargs):
+        kwargs.setdefault("autocast", False)  # the casts are explicit, per half
         super().__init__(**kwargs)
         self.latent_size = int(latent_size)
+        self.mean_dtype, self.logvar_dtype = _check_dtype(mean_dtype), _check_dtype(logvar_dtype)
+        self.float32_weight_gradients = bool(float32_weight_gradients)
 
     def build(self, input_shape):
-        self.kernel = self.add_weight(name="kernel", shape=(int(input_shape[-1]), 2 * self.latent_size),
+        self.kernel = self.add_weight(autocast=False, name="kernel", shape=(int(input_shape[-1]), 2 * self.latent_size),
                                       initializer=keras.initializers.HeNormal())
-        self.bias = self.add_weight(name="bias", shape=(2 * self.latent_size,), initializer="zeros")
+        self.bias = self.add_weight(autocast=False, name="bias", shape=(2 * self.latent_size,), initializer="zeros")
 
-    def call(self, h):
-        mean, logvar = tf.split(tf.matmul(h, self.kernel) + self.bias, 2, axis=-1)
+    def _affine(self, h, kernel, bias, dtype):
+        out = layers.matmul(h, kernel, dtype, self.float32_weight_gradients) + tf.cast(bias, dtype)
+        return tf.cast(out, tf.float32)
+
+    def forward(self, h, mean_dtype, logvar_dtype):
+        """(mean, logvar) float32 `[N, D]`, each half's matmul in the given dtype."""
+        if mean_dtype == logvar_dtype:
+            mean, logvar = tf.split(self._affine(h, self.kernel, self.bias, mean_dtype), 2, axis=-1)
+        else:
+            kernels, biases = tf.split(self.kernel, 2, axis=-1), tf.split(self.bias, 2)
+            mean = self._affine(h, kernels[0], biases[0], mean_dtype)
+            logvar = self._affine(h, kernels[1], biases[1], logvar_dtype)
         return mean, tf.clip_by_value(logvar, LOGVAR_MIN, LOGVAR_MAX)
 
+    def call(self, h):
+        return self.forward(h, self.mean_dtype, self.logvar_dtype)
+
     def get_config(self):
-        return {**super().get_config(), "latent_size": self.latent_size}
+        return {**super().get_config(), "latent_size": self.latent_size, "mean_dtype": self.mean_dtype,
+                "logvar_dtype": self.logvar_dtype, "float32_weight_gradients": self.float32_weight_gradients}
 
 
 @keras.saving.register_keras_serializable(package="tfvamp")
@@ -45,10 +76,15 @@ class ImageHead(keras.layers.Layer):
     sigmoid clamped to [1/512, 1 - 1/512], log_scale = hardtanh(-4.5, 0), as in the release.
     `autoregressive=True` (conv mode, PixelHVAE) masks the 1x1 kernel so that image channel c's
     parameters see only the features of channel groups <= c (`layers.pixelcnn_head_mask`).
+    The matmul runs in the layer's compute dtype (`mixed_bfloat16`: bfloat16); the parameter
+    maps are float32.
     """
 
-    def __init__(self, likelihood, image_shape, conv=False, autoregressive=False, **kwargs):
+    def __init__(self, likelihood, image_shape, conv=False, autoregressive=False, float32_weight_gradients=False,
+                 **kwargs):
+        kwargs.setdefault("autocast", False)  # the casts are explicit
         super().__init__(**kwargs)
+        self.float32_weight_gradients = bool(float32_weight_gradients)
         self.likelihood = likelihoods.check_likelihood(likelihood)
         self.image_shape = tuple(int(d) for d in image_shape)
         self.conv = bool(conv)
@@ -60,18 +96,21 @@ class ImageHead(keras.layers.Layer):
     def build(self, input_shape):
         channels = self.image_shape[-1]
         width = channels if self.conv else int(np.prod(self.image_shape))
-        self.kernel = self.add_weight(name="kernel", shape=(int(input_shape[-1]), self.num_params * width),
+        self.kernel = self.add_weight(autocast=False, name="kernel",
+                                      shape=(int(input_shape[-1]), self.num_params * width),
                                       initializer=keras.initializers.HeNormal())
-        self.bias = self.add_weight(name="bias", shape=(self.num_params * width,), initializer="zeros")
+        self.bias = self.add_weight(autocast=False, name="bias", shape=(self.num_params * width,), initializer="zeros")
         self._mask = (tf.constant(layers.pixelcnn_head_mask(int(input_shape[-1]), channels, self.num_params))
                       if self.autoregressive else None)
 
     def call(self, h):
+        dtype = self.compute_dtype
         if self.conv:
-            kernel = self.kernel if self._mask is None else self.kernel * tf.cast(self._mask, self.kernel.dtype)
-            out = tf.tensordot(h, kernel, 1) + self.bias  # a 1x1 convolution
+            kernel = self.kernel if self._mask is None else self.kernel * self._mask
+            out = tf.tensordot(tf.cast(h, dtype), tf.cast(kernel, dtype), 1)  # a 1x1 convolution
         else:
-            out = tf.matmul(h, self.kernel) + self.bias
+            out = layers.matmul(h, self.kernel, dtype, self.float32_weight_gradients)
+        out = tf.cast(out + tf.cast(self.bias, dtype), tf.float32)
         shape = tf.concat([tf.shape(h)[:1], self.image_shape], 0)
         parts = tf.split(out, self.num_params, axis=-1)
         if not self.conv:
@@ -88,7 +127,9 @@ class ImageHead(keras.layers.Layer):
         if self.conv or self.likelihood != "bernoulli":
             return None
         flat = tf.reshape(x, [tf.shape(x)[0], -1])
-        return likelihoods.bernoulli_sampler_context(flat, self.kernel, self.bias)
+        # The head's weights as its matmul sees them (rounded to bfloat16 in a bfloat16 head), in float32.
+        kernel, bias = (tf.cast(tf.cast(w, self.compute_dtype), tf.float32) for w in (self.kernel, self.bias))
+        return likelihoods.bernoulli_sampler_context(flat, kernel, bias)
 
     def log_prob(self, h, x, num_samples, context=None):
         """log p(x | the parameters this head makes from the features h), per sample.
@@ -105,10 +146,12 @@ class ImageHead(keras.layers.Layer):
         """
         if context is not None:
             features = tf.reshape(tf.cast(h, self.compute_dtype), [num_samples, -1, h.shape[-1]])
-            return likelihoods.bernoulli_log_prob_dense(features, self.kernel, self.bias, context)
+            kernel, bias = (tf.cast(w, self.compute_dtype) for w in (self.kernel, self.bias))
+            return likelihoods.bernoulli_log_prob_dense(features, kernel, bias, context)
         shape = tf.concat([[num_samples], tf.shape(x)], 0)
         return likelihoods.log_prob(self.likelihood, [tf.reshape(p, shape) for p in self(h)], x)
 
     def get_config(self):
-        return {**super().get_config(), "likelihood": self.likelihood,
-                "image_shape": self.image_shape, "conv": self.conv, "autoregressive": self.autoregressive}
+        return {**super().get_config(), "likelihood": self.likelihood, "image_shape": self.image_shape,
+                "conv": self.conv, "autoregressive": self.autoregressive,
+                "float32_weight_gradients": self.float32_weight_gradients}

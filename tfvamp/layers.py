@@ -8,10 +8,50 @@
   `pixelcnn_head_mask` masks the 1x1 output head to match.
 
 All layers take and return float tensors; shapes are in the docstrings.
+
+Precision. Variables are float32; a layer computes in its Keras compute dtype (`float32`, or
+`bfloat16` under the `mixed_bfloat16` policy that `tfvamp.precision` gives it). The casts are
+explicit (`autocast=False`, on the layers and on their weights, which therefore read as float32
+inside `call` too): `forward(x, dtype)` runs the same weights in any dtype, which is
+how a model runs its encoder over the pseudo-inputs in float32 while the data's pass is
+bfloat16 (`tfvamp.precision`, part `prior_encoder`).
 """
 import keras
 import numpy as np
 import tensorflow as tf
+
+
+def matmul(x, kernel, dtype, float32_weight_gradient=False):
+    """`x @ kernel` computed in `dtype` (x `[N, F]` any float dtype, kernel the float32 `[F, U]`),
+    returned in `dtype`.
+
+    `float32_weight_gradient` (bfloat16 only): the kernel's gradient x^T dy is computed by a
+    float32 matmul of the bfloat16 x and dy, and not rounded to bfloat16 (the input gradient
+    stays bfloat16). Part `weight_gradients` of `tfvamp.precision`.
+    """
+    dtype = tf.as_dtype(dtype)
+    if not float32_weight_gradient or dtype == tf.float32:
+        return tf.matmul(tf.cast(x, dtype), tf.cast(kernel, dtype))
+    # A tensor, not the variable: the custom gradient then sees no variable inside.
+    return _matmul_float32_weight_gradient(tf.cast(x, dtype), tf.convert_to_tensor(kernel))
+
+
+@tf.custom_gradient
+def _matmul_float32_weight_gradient(x, kernel):
+    low = tf.cast(kernel, x.dtype)
+
+    def grad(dy):
+        dx = tf.matmul(dy, low, transpose_b=True)
+        dk = tf.matmul(tf.cast(x, tf.float32), tf.cast(dy, tf.float32), transpose_a=True)
+        return dx, tf.cast(dk, kernel.dtype)
+
+    return tf.matmul(x, low), grad
+
+
+def _explicit_casts(kwargs):
+    """Layers here cast inputs and weights themselves (see the module docstring)."""
+    kwargs.setdefault("autocast", False)
+    return kwargs
 
 
 def _he_normal():
@@ -31,32 +71,43 @@ class GatedDense(keras.layers.Layer):
     Input `[..., in_features]` -> output `[..., units]`.
     """
 
-    def __init__(self, units, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, units, float32_weight_gradients=False, **kwargs):
+        super().__init__(**_explicit_casts(kwargs))
         if int(units) < 1:
             raise ValueError(f"GatedDense needs units >= 1, got {units}.")
         self.units = int(units)
+        self.float32_weight_gradients = bool(float32_weight_gradients)
 
     def build(self, input_shape):
         in_features = int(input_shape[-1])
-        self.kernel = self.add_weight(name="kernel", shape=(in_features, self.units), initializer=_he_normal())
-        self.bias = self.add_weight(name="bias", shape=(self.units,), initializer="zeros")
-        self.gate_kernel = self.add_weight(name="gate_kernel", shape=(in_features, self.units),
+        self.kernel = self.add_weight(autocast=False, name="kernel", shape=(in_features, self.units),
+                                      initializer=_he_normal())
+        self.bias = self.add_weight(autocast=False, name="bias", shape=(self.units,), initializer="zeros")
+        self.gate_kernel = self.add_weight(autocast=False, name="gate_kernel", shape=(in_features, self.units),
                                            initializer=_he_normal())
-        self.gate_bias = self.add_weight(name="gate_bias", shape=(self.units,), initializer="zeros")
+        self.gate_bias = self.add_weight(autocast=False, name="gate_bias", shape=(self.units,), initializer="zeros")
 
-    def _linear(self, x, kernel, bias):
-        h = tf.matmul(x, kernel) if x.shape.rank == 2 else tf.tensordot(x, kernel, 1)
-        return tf.nn.bias_add(h, bias)
+    def _linear(self, x, kernel, bias, dtype):
+        if x.shape.rank == 2:
+            h = matmul(x, kernel, dtype, self.float32_weight_gradients)
+        else:
+            h = tf.tensordot(tf.cast(x, dtype), tf.cast(kernel, dtype), 1)
+        return tf.nn.bias_add(h, tf.cast(bias, dtype))
+
+    def forward(self, x, dtype):
+        """The layer computed in `dtype` (float32 or bfloat16), whatever its policy."""
+        return (self._linear(x, self.kernel, self.bias, dtype)
+                * tf.sigmoid(self._linear(x, self.gate_kernel, self.gate_bias, dtype)))
 
     def call(self, x):
-        return self._linear(x, self.kernel, self.bias) * tf.sigmoid(self._linear(x, self.gate_kernel, self.gate_bias))
+        return self.forward(x, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units}
+        return {**super().get_config(), "units": self.units,
+                "float32_weight_gradients": self.float32_weight_gradients}
 
 
 def _pad(x, padding):
@@ -78,7 +129,7 @@ class GatedConv2D(keras.layers.Layer):
     """
 
     def __init__(self, filters, kernel_size, strides=1, padding=None, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(**_explicit_casts(kwargs))
         self.filters = int(filters)
         self.kernel_size = int(kernel_size)
         self.strides = int(strides)
@@ -87,16 +138,23 @@ class GatedConv2D(keras.layers.Layer):
     def build(self, input_shape):
         shape = (self.kernel_size, self.kernel_size, int(input_shape[-1]), self.filters)
         # Separate value and gate kernels, as in GatedDense (conv + bias fuse in oneDNN).
-        self.kernel = self.add_weight(name="kernel", shape=shape, initializer=_he_normal())
-        self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
-        self.gate_kernel = self.add_weight(name="gate_kernel", shape=shape, initializer=_he_normal())
-        self.gate_bias = self.add_weight(name="gate_bias", shape=(self.filters,), initializer="zeros")
+        self.kernel = self.add_weight(autocast=False, name="kernel", shape=shape, initializer=_he_normal())
+        self.bias = self.add_weight(autocast=False, name="bias", shape=(self.filters,), initializer="zeros")
+        self.gate_kernel = self.add_weight(autocast=False, name="gate_kernel", shape=shape, initializer=_he_normal())
+        self.gate_bias = self.add_weight(autocast=False, name="gate_bias", shape=(self.filters,), initializer="zeros")
+
+    def forward(self, x, dtype):
+        """The layer computed in `dtype` (float32 or bfloat16), whatever its policy."""
+        x = _pad(tf.cast(x, dtype), self.padding)
+
+        def conv(kernel, bias):
+            out = tf.nn.conv2d(x, tf.cast(kernel, dtype), self.strides, "VALID")
+            return tf.nn.bias_add(out, tf.cast(bias, dtype))
+
+        return conv(self.kernel, self.bias) * tf.sigmoid(conv(self.gate_kernel, self.gate_bias))
 
     def call(self, x):
-        x = _pad(x, self.padding)
-        value = tf.nn.bias_add(tf.nn.conv2d(x, self.kernel, self.strides, "VALID"), self.bias)
-        gate = tf.nn.bias_add(tf.nn.conv2d(x, self.gate_kernel, self.strides, "VALID"), self.gate_bias)
-        return value * tf.sigmoid(gate)
+        return self.forward(x, self.compute_dtype)
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
@@ -197,7 +255,7 @@ class MaskedConv2D(keras.layers.Layer):
 
     def __init__(self, mask_type, filters, kernel_size=3, use_bias=False, num_groups=1,
                  num_conditioning_channels=0, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(**_explicit_casts(kwargs))
         if mask_type not in ("A", "B"):
             raise ValueError(f"mask_type must be 'A' or 'B', got {mask_type!r}.")
         if int(kernel_size) % 2 != 1:
@@ -216,16 +274,18 @@ class MaskedConv2D(keras.layers.Layer):
         mask = pixelcnn_mask(self.kernel_size, self.mask_type, c_in, self.filters, self.num_groups,
                              self.num_conditioning_channels)
         self.kernel = self.add_weight(
-            name="kernel", shape=(self.kernel_size, self.kernel_size, c_in, self.filters),
+            autocast=False, name="kernel", shape=(self.kernel_size, self.kernel_size, c_in, self.filters),
             initializer=_he_normal())
-        self.bias = (self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
+        self.bias = (self.add_weight(autocast=False, name="bias", shape=(self.filters,), initializer="zeros")
                      if self.use_bias else None)
         self._mask = tf.constant(mask)
 
     def call(self, x):
-        kernel = tf.convert_to_tensor(self.kernel)
-        h = tf.nn.conv2d(_pad(x, self.kernel_size // 2), kernel * tf.cast(self._mask, kernel.dtype), 1, "VALID")
-        return h if self.bias is None else h + self.bias
+        dtype = self.compute_dtype
+        kernel = tf.cast(self.kernel, dtype)
+        h = tf.nn.conv2d(_pad(tf.cast(x, dtype), self.kernel_size // 2), kernel * tf.cast(self._mask, dtype), 1,
+                         "VALID")
+        return h if self.bias is None else h + tf.cast(self.bias, dtype)
 
     def get_config(self):
         return {**super().get_config(), "mask_type": self.mask_type, "filters": self.filters,

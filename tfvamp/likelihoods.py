@@ -213,7 +213,8 @@ def bernoulli_log_prob_dense(features, kernel, bias, context):
     What is left per pixel is one sigmoid and a grouped product (`_bernoulli_even_sum`).
 
     Args:
-      features: `[S, B, F]`, the head's input for S samples of each of B images.
+      features: `[S, B, F]`, the head's input for S samples of each of B images (float32 or
+        bfloat16, the dtype of kernel and bias).
       kernel, bias: `[F, P]`, `[P]`.
       context: `bernoulli_sampler_context(x, kernel, bias)` for the B images.
 
@@ -221,10 +222,12 @@ def bernoulli_log_prob_dense(features, kernel, bias, context):
       `[S, B]`.
     """
     direction, offset = context
-    linear = tf.reduce_sum(features * direction, -1) + offset
-    # A 2-D matmul, so that the bias and |l| fuse into it.
+    linear = tf.reduce_sum(tf.cast(features, direction.dtype) * direction, -1) + offset
+    # A 2-D matmul, so that the bias and |l| fuse into it. With bfloat16 features and weights
+    # the matmul is bfloat16 and |l| is summed in float32.
     logits = tf.nn.bias_add(tf.matmul(tf.reshape(features, [-1, features.shape[-1]]), kernel), bias)
-    even = _bernoulli_even_sum(tf.nn.leaky_relu(logits, alpha=-1.0))  # leaky_relu(l, -1) = |l|
+    magnitude = tf.cast(tf.nn.leaky_relu(logits, alpha=-1.0), tf.float32)  # leaky_relu(l, -1) = |l|
+    even = _bernoulli_even_sum(magnitude)
     return linear + tf.reshape(even, tf.shape(features)[:-1])
 
 

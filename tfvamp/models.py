@@ -12,7 +12,8 @@ against them; no other module reaches inside a model.
 | method                                   | what it does                                                   |
 |------------------------------------------|----------------------------------------------------------------|
 | `encode_top(x)`                          | q(top latent | x): images `[N, H, W, C]` -> (mean, logvar) `[N, D_top]` |
-| `encode_data(x, many_samples=False)`     | what q and p(x|.) need from x once per batch: a dict of `[B, ...]` tensors with `top_mean` and `top_logvar`; `many_samples=True` adds the likelihood's per-image context for scoring many samples per image |
+| `encode_data(x, many_samples=False, top=None)` | what q and p(x|.) need from x once per batch: a dict of `[B, ...]` tensors with `top_mean` and `top_logvar` (`top`: those two, already computed); `many_samples=True` adds the likelihood's per-image context for scoring many samples per image |
+| `encode_with_prior(x, many_samples=False)` | (`encode_data(x, ...)`, `prior()`), in bfloat16 modes with one pass of the top encoder over the batch and the pseudo-inputs together (shared here) |
 | `score_latents(x, encoded, S, log_prior, noise_fn, training)` | draws S latents per image from q and returns (log p(x|z), log q(z|x), log p(z)), each `[S, B]` |
 | `generate(top, seed)`                    | images `[N, H, W, C]` in [0, 1] from top-latent samples `[N, D_top]` |
 | `floats_per_sample()`                    | activation floats one (sample, image) pair costs: sizes the sampler's chunks |
@@ -33,11 +34,12 @@ from tfvamp import estimator
 from tfvamp import layers as tl
 from tfvamp import likelihoods
 from tfvamp import noise
+from tfvamp import precision
 from tfvamp import priors
 from tfvamp.heads import GaussianHead, ImageHead
 
 MODELS = ("vae", "hvae", "convhvae", "pixelhvae")
-COMPUTE_DTYPES = ("float32", "bfloat16")
+COMPUTE_DTYPES = precision.MODES  # and precision.EXCEPT_PREFIX + parts, for measuring
 LOG_2PI = math.log(2.0 * math.pi)
 HIDDEN = 300
 
@@ -67,18 +69,37 @@ def _reparameterize(mean, logvar, num_samples, noise_fn):
 
 
 # The Sequential stacks below are part of the checkpoint format (their variables are saved
-# under `<name>/_functional/_operations/<i>`): keep their layer lists as they are.
-def _mlp(units, name, flatten=False, dtype=None):
-    """Gated MLP stack; `flatten` first turns images `[N, H, W, C]` into `[N, H*W*C]`."""
-    stack = [keras.layers.Flatten(dtype=dtype)] if flatten else []
-    stack += [tl.GatedDense(u, dtype=dtype) for u in units]
+# under `<name>/_functional/_operations/<i>`): keep their layer lists as they are. Precision
+# only sets each layer's dtype policy (float32 variables either way).
+def _mlp(units, name, flatten=False, dtype=None, first_dtype=None, float32_weight_gradients=False):
+    """Gated MLP stack; `flatten` first turns images `[N, H, W, C]` into `[N, H*W*C]`.
+
+    `first_dtype` (default `dtype`): the Keras dtype policy of the first layer (and the flatten).
+    """
+    first_dtype = first_dtype or dtype
+    stack = [keras.layers.Flatten(dtype=first_dtype)] if flatten else []
+    stack += [tl.GatedDense(u, dtype=first_dtype if i == 0 else dtype,
+                            float32_weight_gradients=float32_weight_gradients) for i, u in enumerate(units)]
     return keras.Sequential(stack, name=name)
 
 
-def _conv_stack(specs, name, dtype=None):
-    """Gated convolutions from (filters, kernel, stride) triples, then flatten."""
-    stack = [tl.GatedConv2D(f, k, s, padding=k // 2, dtype=dtype) for f, k, s in specs]
+def _conv_stack(specs, name, dtype=None, first_dtype=None):
+    """Gated convolutions from (filters, kernel, stride) triples, then flatten; `first_dtype`
+    (default `dtype`) is the first convolution's dtype policy."""
+    dtypes = [first_dtype or dtype] + [dtype] * (len(specs) - 1)
+    stack = [tl.GatedConv2D(f, k, s, padding=k // 2, dtype=d) for (f, k, s), d in zip(specs, dtypes)]
     return keras.Sequential(stack + [keras.layers.Flatten(dtype=dtype)], name=name)
+
+
+def run_stack(stack, x, dtype):
+    """A `_mlp` or `_conv_stack` computed in `dtype` whatever its layers' policies (the same
+    weights): `[N, ...]` -> `[N, F]` in `dtype`."""
+    for layer in stack.layers:
+        if isinstance(layer, keras.layers.Flatten):
+            x = tf.reshape(x, [tf.shape(x)[0], -1])
+        else:
+            x = layer.forward(x, dtype)
+    return x
 
 
 class LatentVariableModel(keras.Model):
@@ -97,7 +118,9 @@ class LatentVariableModel(keras.Model):
         `vampprior_data` without them).
       seed: seeds the choice of data pseudo-inputs and the prior's initialisers (seed the
         rest with `keras.utils.set_random_seed`).
-      compute_dtype: 'float32', or 'bfloat16' for the hidden layers (mixed precision).
+      compute_dtype: a mode of `tfvamp.precision`: 'float32', 'bfloat16' (hidden layers),
+        'mixed' (the measured per-part policy), 'auto' (resolved here, on this machine's
+        hardware: `get_config` holds the concrete mode), or 'bfloat16_except:PART,...'.
     """
 
     model_name = None
@@ -106,12 +129,13 @@ class LatentVariableModel(keras.Model):
                  z1_size=40, z2_size=40, pseudo_inputs_mean=0.05, pseudo_inputs_std=0.01,
                  pseudo_inputs_data=None, seed=None, compute_dtype="float32", **kwargs):
         super().__init__(**kwargs)
-        if compute_dtype not in COMPUTE_DTYPES:
-            raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}.")
-        self.compute_dtype_name = compute_dtype
-        # bfloat16 runs the hidden layers' matmuls and convolutions in bfloat16 with float32
-        # variables; heads, densities and the prior stay float32.
-        self.hidden_dtype = "mixed_bfloat16" if compute_dtype == "bfloat16" else "float32"
+        # Which parts compute in bfloat16 (float32 variables in every mode; densities float32).
+        self.compute_dtype_name = (precision.resolve(compute_dtype).mode if compute_dtype == "auto"
+                                   else precision.check_mode(compute_dtype, allow_auto=False))
+        self.precision = precision.Policy(self.compute_dtype_name)
+        self.hidden_dtype = self.precision.keras("hidden")
+        self.first_layer_dtype = self.precision.keras("first_layer")
+        self.float32_weight_gradients = self.precision.dtype("weight_gradients") == precision.FLOAT32
         image_shape = tuple(int(d) for d in image_shape)
         if len(image_shape) != 3 or min(image_shape) < 1:
             raise ValueError("image_shape must be (height, width, channels) with positive sizes, "
@@ -148,9 +172,29 @@ class LatentVariableModel(keras.Model):
         """q(top latent | x): images `[N, H, W, C]` -> (mean, logvar), each `[N, D_top]`."""
         raise NotImplementedError
 
-    def encode_data(self, x, many_samples=False):
-        """What q and p(x|.) need from x, once per batch (see the module docstring)."""
+    def encode_data(self, x, many_samples=False, top=None):
+        """What q and p(x|.) need from x, once per batch (see the module docstring); `top`:
+        `encode_top(x)` when the caller has it already."""
         raise NotImplementedError
+
+    def encode_with_prior(self, x, many_samples=False):
+        """(`encode_data(x, many_samples)`, `prior()`), what the objective and the sampler need.
+
+        In a bfloat16 mode that encodes the pseudo-inputs like the data (`prior_encoder`), the
+        top encoder runs once over `[x; pseudo-inputs]`: each of its weights is cast and packed
+        for the bfloat16 matmul once instead of twice, and the batch's rows join the K
+        pseudo-inputs' in larger matmuls, where bfloat16 runs faster (docs/benchmarks.md). Row
+        by row it is the same computation. float32 keeps the two passes, as before.
+        """
+        joint = (priors.has_pseudo_inputs(self.prior_name) and self.precision.uses_bfloat16()
+                 and self.precision.dtype("prior_encoder") == precision.BFLOAT16)
+        if not joint:
+            return self.encode_data(x, many_samples), self.prior()
+        pseudo_inputs = self.prior_layer.pseudo_inputs()
+        mean, logvar = self.encode_top(tf.concat([x, tf.cast(pseudo_inputs, x.dtype)], 0))
+        n = tf.shape(x)[0]
+        encoded = self.encode_data(x, many_samples, top=(mean[:n], logvar[:n]))
+        return encoded, self.prior_layer.distribution(lambda _: (mean[n:], logvar[n:]))
 
     def score_latents(self, x, encoded, num_samples, log_prior, noise_fn=None, training=False):
         """Draws `num_samples` latents per image from q and scores them.
@@ -176,6 +220,42 @@ class LatentVariableModel(keras.Model):
     def floats_per_sample(self):
         """Activation floats one (sample, image) pair costs: sizes the importance sampler's chunks."""
         return 8 * HIDDEN + 4 * self.num_pixels
+
+    def top_encoder(self):
+        """(network, GaussianHead) of q(top latent | x): `encode_top` is head(network(x))."""
+        raise NotImplementedError
+
+    # ---- precision: layers of each part in the policy's dtype -----------------------------------
+    def _mlp(self, units, name, flatten=False, reads_data=False):
+        """A gated MLP in the hidden dtype; `reads_data`: its first layer is `first_layer`'s."""
+        return _mlp(units, name, flatten, self.hidden_dtype, self.first_layer_dtype if reads_data else None,
+                    self.float32_weight_gradients)
+
+    def _gaussian_head(self, size, name):
+        return GaussianHead(size, mean_dtype=self.precision.dtype("mean_heads"),
+                            logvar_dtype=self.precision.dtype("variance_heads"),
+                            float32_weight_gradients=self.float32_weight_gradients, name=name, dtype="float32")
+
+    def _image_head(self, **kwargs):
+        return ImageHead(self.likelihood_name, self.image_shape, name="p_x_head", dtype=self.precision.keras(
+            "output_layer"), float32_weight_gradients=self.float32_weight_gradients, **kwargs)
+
+    def _join(self, *features):
+        """Features `[N, F_i]` concatenated for a hidden layer, in the hidden compute dtype (a
+        branch that reads x may compute in another: part `first_layer`)."""
+        dtype = self.precision.dtype("hidden")
+        return tf.concat([tf.cast(f, dtype) for f in features], -1)
+
+    def encode_pseudo_inputs(self, u):
+        """The prior's components from pseudo-inputs `[K, H, W, C]`: (means, logvars) `[K, D_top]`.
+
+        `encode_top`, unless the policy's `prior_encoder` is float32 while the data's pass is
+        not: then the same weights run in float32 throughout.
+        """
+        if self.precision.dtype("prior_encoder") == precision.BFLOAT16 or not self.precision.uses_bfloat16():
+            return self.encode_top(u)
+        network, head = self.top_encoder()
+        return head.forward(run_stack(network, u, tf.float32), precision.FLOAT32, precision.FLOAT32)
 
     def encode(self, x):
         """Posterior parameters per latent layer: dict `{layer}_mean`, `{layer}_logvar`, `[B, D]`."""
@@ -205,7 +285,7 @@ class LatentVariableModel(keras.Model):
     def prior(self):
         """The prior over the top latent: a TFP distribution, batch `[]`, event `[D_top]`
         (`priors.GaussianMixture` for every prior but `standard`)."""
-        return self.prior_layer.distribution(self.encode_top)
+        return self.prior_layer.distribution(self.encode_pseudo_inputs)
 
     def call(self, x, training=False):
         return self.loss_terms(x, training=training)
@@ -225,8 +305,8 @@ class LatentVariableModel(keras.Model):
           (summed over latent layers), `loss` = reconstruction + beta * kl.
         """
         x = self._check_input(x)
-        log_px, log_q, log_p = self.score_latents(x, self.encode_data(x), 1, self.prior().log_prob,
-                                                  noise_fn, training)
+        encoded, prior = self.encode_with_prior(x)
+        log_px, log_q, log_p = self.score_latents(x, encoded, 1, prior.log_prob, noise_fn, training)
         reconstruction, kl = -log_px[0], log_q[0] - log_p[0]
         beta = tf.cast(beta, reconstruction.dtype)
         return {"loss": reconstruction + beta * kl, "reconstruction": reconstruction, "kl": kl}
@@ -353,10 +433,13 @@ class VAE(LatentVariableModel):
     top_latent_name = "z"
 
     def _build_networks(self):
-        self.q_z = _mlp([HIDDEN, HIDDEN], "q_z", flatten=True, dtype=self.hidden_dtype)
-        self.q_z_head = GaussianHead(self.z1_size, name="q_z_head", dtype="float32")
-        self.p_x = _mlp([HIDDEN, HIDDEN], "p_x", dtype=self.hidden_dtype)
-        self.p_x_head = ImageHead(self.likelihood_name, self.image_shape, name="p_x_head", dtype="float32")
+        self.q_z = self._mlp([HIDDEN, HIDDEN], "q_z", flatten=True, reads_data=True)
+        self.q_z_head = self._gaussian_head(self.z1_size, "q_z_head")
+        self.p_x = self._mlp([HIDDEN, HIDDEN], "p_x")
+        self.p_x_head = self._image_head()
+
+    def top_encoder(self):
+        return self.q_z, self.q_z_head
 
     def encode_top(self, x):
         return self.q_z_head(self.q_z(x))
@@ -365,8 +448,8 @@ class VAE(LatentVariableModel):
         """The likelihood's parameter maps `[N, H, W, C]` from z `[N, D]`."""
         return self.p_x_head(self.p_x(z))
 
-    def encode_data(self, x, many_samples=False):
-        mean, logvar = self.encode_top(x)
+    def encode_data(self, x, many_samples=False, top=None):
+        mean, logvar = self.encode_top(x) if top is None else top
         return {"top_mean": mean, "top_logvar": logvar, **self._data_context(x, many_samples)}
 
     def score_latents(self, x, encoded, num_samples, log_prior, noise_fn=None, training=False):
@@ -410,45 +493,48 @@ class HVAE(LatentVariableModel):
 
     # Sub-networks: the conv variants override these builders.
     def _build_encoders(self):
-        self.q_z2 = _mlp([HIDDEN, HIDDEN], "q_z2", flatten=True, dtype=self.hidden_dtype)
-        self.q_z1_x = _mlp([HIDDEN], "q_z1_x", flatten=True, dtype=self.hidden_dtype)
-        self.q_z1_z2 = _mlp([HIDDEN], "q_z1_z2", dtype=self.hidden_dtype)
+        self.q_z2 = self._mlp([HIDDEN, HIDDEN], "q_z2", flatten=True, reads_data=True)
+        self.q_z1_x = self._mlp([HIDDEN], "q_z1_x", flatten=True, reads_data=True)
+        self.q_z1_z2 = self._mlp([HIDDEN], "q_z1_z2")
 
     def _build_decoder(self):
-        self.p_x_z1 = _mlp([HIDDEN], "p_x_z1", dtype=self.hidden_dtype)
-        self.p_x_z2 = _mlp([HIDDEN], "p_x_z2", dtype=self.hidden_dtype)
-        self.p_x_joint = _mlp([HIDDEN], "p_x_joint", dtype=self.hidden_dtype)
-        self.p_x_head = ImageHead(self.likelihood_name, self.image_shape, name="p_x_head", dtype="float32")
+        self.p_x_z1 = self._mlp([HIDDEN], "p_x_z1")
+        self.p_x_z2 = self._mlp([HIDDEN], "p_x_z2")
+        self.p_x_joint = self._mlp([HIDDEN], "p_x_joint")
+        self.p_x_head = self._image_head()
 
     def _build_networks(self):
         self._build_encoders()
-        self.q_z2_head = GaussianHead(self.z2_size, name="q_z2_head", dtype="float32")
-        self.q_z1_joint = _mlp([HIDDEN], "q_z1_joint", dtype=self.hidden_dtype)
-        self.q_z1_head = GaussianHead(self.z1_size, name="q_z1_head", dtype="float32")
-        self.p_z1 = _mlp([HIDDEN, HIDDEN], "p_z1", dtype=self.hidden_dtype)
-        self.p_z1_head = GaussianHead(self.z1_size, name="p_z1_head", dtype="float32")
+        self.q_z2_head = self._gaussian_head(self.z2_size, "q_z2_head")
+        self.q_z1_joint = self._mlp([HIDDEN], "q_z1_joint")
+        self.q_z1_head = self._gaussian_head(self.z1_size, "q_z1_head")
+        self.p_z1 = self._mlp([HIDDEN, HIDDEN], "p_z1")
+        self.p_z1_head = self._gaussian_head(self.z1_size, "p_z1_head")
         self._build_decoder()
+
+    def top_encoder(self):
+        return self.q_z2, self.q_z2_head
 
     def encode_top(self, x):
         return self.q_z2_head(self.q_z2(x))
 
     def _q_z1(self, x_features, z2):
-        return self.q_z1_head(self.q_z1_joint(tf.concat([x_features, self.q_z1_z2(z2)], -1)))
+        return self.q_z1_head(self.q_z1_joint(self._join(x_features, self.q_z1_z2(z2))))
 
     def _p_z1(self, z2):
         return self.p_z1_head(self.p_z1(z2))
 
     def _decoder_features(self, z1, z2, x=None, training=False):
         """The likelihood head's input from z1, z2 `[N, D]` (x: PixelHVAE's context)."""
-        return self.p_x_joint(tf.concat([self.p_x_z1(z1), self.p_x_z2(z2)], -1))
+        return self.p_x_joint(self._join(self.p_x_z1(z1), self.p_x_z2(z2)))
 
     def decode(self, z1, z2, x=None, training=False):
         """The likelihood's parameter maps `[N, H, W, C]` from z1, z2 `[N, D]` (and, for
         PixelHVAE, the image x `[N, H, W, C]` it is autoregressive in)."""
         return self.p_x_head(self._decoder_features(z1, z2, x, training))
 
-    def encode_data(self, x, many_samples=False):
-        mean2, logvar2 = self.encode_top(x)
+    def encode_data(self, x, many_samples=False, top=None):
+        mean2, logvar2 = self.encode_top(x) if top is None else top
         # x's branch of q(z1|x,z2) does not depend on the sample either.
         return {"top_mean": mean2, "top_logvar": logvar2, "x_features": self.q_z1_x(x),
                 **self._data_context(x, many_samples)}
@@ -521,22 +607,22 @@ class ConvHVAE(HVAE):
 
     def _build_encoders(self):
         flat = _conv_flat_size(self.image_shape)
-        dtype = self.hidden_dtype
-        self.q_z2 = _conv_stack([(32, 7, 1), (32, 3, 2), (64, 5, 1), (64, 3, 2), (6, 3, 1)], "q_z2", dtype)
-        self.q_z1_x = _conv_stack([(32, 3, 1), (32, 3, 2), (64, 3, 1), (64, 3, 2), (6, 3, 1)], "q_z1_x", dtype)
-        self.q_z1_z2 = _mlp([flat], "q_z1_z2", dtype=self.hidden_dtype)
+        dtype, first = self.hidden_dtype, self.first_layer_dtype
+        self.q_z2 = _conv_stack([(32, 7, 1), (32, 3, 2), (64, 5, 1), (64, 3, 2), (6, 3, 1)], "q_z2", dtype, first)
+        self.q_z1_x = _conv_stack([(32, 3, 1), (32, 3, 2), (64, 3, 1), (64, 3, 2), (6, 3, 1)], "q_z1_x", dtype,
+                                  first)
+        self.q_z1_z2 = self._mlp([flat], "q_z1_z2")
 
     def _build_decoder(self):
-        self.p_x_z1 = _mlp([HIDDEN], "p_x_z1", dtype=self.hidden_dtype)
-        self.p_x_z2 = _mlp([HIDDEN], "p_x_z2", dtype=self.hidden_dtype)
-        self.p_x_joint = _mlp([self.num_pixels], "p_x_joint", dtype=self.hidden_dtype)
+        self.p_x_z1 = self._mlp([HIDDEN], "p_x_z1")
+        self.p_x_z2 = self._mlp([HIDDEN], "p_x_z2")
+        self.p_x_joint = self._mlp([self.num_pixels], "p_x_joint")
         self.p_x_convs = keras.Sequential(
             [tl.GatedConv2D(64, 3, 1, padding=1, dtype=self.hidden_dtype) for _ in range(4)], name="p_x_convs")
-        self.p_x_head = ImageHead(self.likelihood_name, self.image_shape, conv=True, name="p_x_head",
-                                  dtype="float32")
+        self.p_x_head = self._image_head(conv=True)
 
     def _decoder_features(self, z1, z2, x=None, training=False):
-        h = self.p_x_joint(tf.concat([self.p_x_z1(z1), self.p_x_z2(z2)], -1))
+        h = self.p_x_joint(self._join(self.p_x_z1(z1), self.p_x_z2(z2)))
         h = tf.reshape(h, tf.concat([tf.shape(z1)[:1], self.image_shape], 0))
         return self.p_x_convs(h)
 
@@ -560,28 +646,28 @@ class PixelHVAE(ConvHVAE):
     _decoder_needs_x = True
 
     def _build_decoder(self):
-        self.p_x_z1 = _mlp([self.num_pixels], "p_x_z1", dtype=self.hidden_dtype)
-        self.p_x_z2 = _mlp([self.num_pixels], "p_x_z2", dtype=self.hidden_dtype)
+        self.p_x_z1 = self._mlp([self.num_pixels], "p_x_z1")
+        self.p_x_z2 = self._mlp([self.num_pixels], "p_x_z2")
         channels = self.image_shape[-1]
         pixelcnn = []
         for i in range(8):
             pixelcnn += [tl.MaskedConv2D("A" if i == 0 else "B", 64, 3, num_groups=channels,
                                          num_conditioning_channels=2 * channels if i == 0 else 0,
-                                         dtype=self.hidden_dtype),
+                                         dtype=self.first_layer_dtype if i == 0 else self.hidden_dtype),
                          # Synchronised across replicas so that statistics are the global batch's.
                          keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=True,
                                                          dtype=self.hidden_dtype),
                          keras.layers.ReLU(dtype=self.hidden_dtype)]
         self.pixelcnn = keras.Sequential(pixelcnn, name="pixelcnn")
-        self.p_x_head = ImageHead(self.likelihood_name, self.image_shape, conv=True, autoregressive=True,
-                                  name="p_x_head", dtype="float32")
+        self.p_x_head = self._image_head(conv=True, autoregressive=True)
 
     def _latent_maps(self, z1, z2):
         shape = tf.concat([tf.shape(z1)[:1], self.image_shape], 0)
         return tf.concat([tf.reshape(self.p_x_z1(z1), shape), tf.reshape(self.p_x_z2(z2), shape)], -1)
 
     def _pixel_features(self, x, maps, training):
-        return self.pixelcnn(tf.concat([tf.cast(x, maps.dtype), maps], -1), training=training)
+        dtype = self.pixelcnn.layers[0].compute_dtype  # the first masked conv reads x: `first_layer`
+        return self.pixelcnn(tf.concat([tf.cast(x, dtype), tf.cast(maps, dtype)], -1), training=training)
 
     def _decoder_features(self, z1, z2, x=None, training=False):
         return self._pixel_features(x, self._latent_maps(z1, z2), training)

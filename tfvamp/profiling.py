@@ -82,35 +82,46 @@ def graph_flops(concrete_function, op_types=DENSE_OPS):
     return dict(counts)
 
 
-def matmul_peak(sizes=(1024, 2048, 3072), repeats=5, dtype=tf.float32):
-    """The machine's dense matmul throughput in FLOP/s: best over square sizes and repeats."""
+def matmul_peak(sizes=(1024, 2048, 3072), repeats=5, dtype=tf.float32, cpu=False):
+    """The machine's dense matmul throughput in FLOP/s: best over square sizes and repeats.
+
+    `cpu=True` times with this process's CPU time instead of the wall clock: per thread, and
+    not stretched by other processes on a shared host (with one thread, the core's rate).
+    """
     best = 0.0
     fn = tf.function(tf.matmul)
+    clock = time.process_time if cpu else time.perf_counter
     for n in sizes:
         a = tf.random.normal([n, n], dtype=dtype)
         b = tf.random.normal([n, n], dtype=dtype)
         fn(a, b).numpy()  # compile and warm up
         for _ in range(repeats):
-            start = time.perf_counter()
+            start = clock()
             fn(a, b).numpy()
-            best = max(best, 2.0 * n ** 3 / (time.perf_counter() - start))
+            best = max(best, 2.0 * n ** 3 / max(clock() - start, 1e-9))
     return best
 
 
-def time_call(fn, *args, warmup=2, repeats=5, iterations=10):
+def time_call(fn, *args, warmup=2, repeats=5, iterations=10, cpu=False):
     """Median seconds per call of `fn(*args)` over `repeats` timings of `iterations` calls.
 
     Waits for the results (`.numpy()` on the last output) so asynchronous execution is counted.
+    `cpu=True` also returns the median CPU seconds of this process per call: with one thread
+    (`--threads 1`) that is the work itself, which other processes on a shared host do not
+    stretch the way they stretch wall time.
     """
     for _ in range(warmup):
         _block(fn(*args))
-    timings = []
+    timings, cpu_timings = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for _ in range(iterations):
             out = fn(*args)
         _block(out)
         timings.append((time.perf_counter() - start) / iterations)
+        cpu_timings.append((time.process_time() - cpu_start) / iterations)
+    if cpu:
+        return float(np.median(timings)), float(np.median(cpu_timings))
     return float(np.median(timings))
 
 
@@ -142,7 +153,8 @@ def benchmark_training(trainer, x, repeats=5, iterations=30, warmup=3):
     """Times `trainer.train_step` on one fixed global batch (no input pipeline).
 
     Returns a dict: seconds_per_step (median), steps_per_second, examples_per_second,
-    flops_per_step (dense ops of the traced step: forward, backward, optimizer).
+    cpu_seconds_per_step (this process's CPU time: see `time_call`), flops_per_step (dense ops
+    of the traced step: forward, backward, optimizer).
     """
     x = tf.convert_to_tensor(x, tf.float32)
     _block(trainer.train_step(x))  # compiles
@@ -151,11 +163,12 @@ def benchmark_training(trainer, x, repeats=5, iterations=30, warmup=3):
     # Slow steps (the conv models) get fewer iterations per timing: about 2 s each.
     once = time.perf_counter() - start
     iterations = int(max(1, min(iterations, 2.0 / max(once, 1e-6))))
-    seconds = time_call(trainer.train_step, x, warmup=warmup, repeats=repeats, iterations=iterations)
+    seconds, cpu = time_call(trainer.train_step, x, warmup=warmup, repeats=repeats, iterations=iterations,
+                             cpu=True)
     flops = graph_flops(trainer.train_step_graph(x))["total"]
     batch = int(x.shape[0])
     return {"seconds_per_step": seconds, "steps_per_second": 1.0 / seconds,
-            "examples_per_second": batch / seconds, "flops_per_step": flops}
+            "examples_per_second": batch / seconds, "cpu_seconds_per_step": cpu, "flops_per_step": flops}
 
 
 def benchmark_epochs(config, splits, x, epochs=3, strategy=None):
@@ -216,19 +229,21 @@ def evaluation_flops(model, batch_size, num_samples, chunk_size, prior_dtype="fl
 def benchmark_evaluation(model, x, num_samples, chunk_size=None, repeats=2, prior_dtype="float32"):
     """Times `model.log_likelihood(x, num_samples)` (IS, float64 accumulation).
 
-    Returns a dict: images_per_second (best of `repeats`), chunk_size, flops_per_image.
+    Returns a dict: images_per_second (best of `repeats`), cpu_images_per_second (the same from
+    this process's CPU time, see `time_call`), chunk_size, flops_per_image.
     """
     x = tf.convert_to_tensor(x, tf.float32)
     batch = int(x.shape[0])
     chunk = int(chunk_size or estimator.default_chunk_size(model, batch, num_samples))
     model.log_likelihood(x, num_samples=chunk, chunk_size=chunk, prior_dtype=prior_dtype).numpy()  # warm up
-    best = math.inf
+    best, best_cpu = math.inf, math.inf
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         model.log_likelihood(x, num_samples=num_samples, chunk_size=chunk, prior_dtype=prior_dtype).numpy()
         best = min(best, time.perf_counter() - start)
-    return {"images_per_second": batch / best, "seconds": best, "chunk_size": chunk,
-            "prior_dtype": prior_dtype,
+        best_cpu = min(best_cpu, time.process_time() - cpu_start)
+    return {"images_per_second": batch / best, "seconds": best, "cpu_images_per_second": batch / best_cpu,
+            "chunk_size": chunk, "prior_dtype": prior_dtype,
             "flops_per_image": evaluation_flops(model, batch, num_samples, chunk, prior_dtype)}
 
 

@@ -48,6 +48,33 @@ def check_resume(model_dir, config):
                        "for a new run; the same settings resume the old one.")
 
 
+def keep_run_precision(model_dir, config):
+    """The config a resumed run trains with: its stored compute_dtype wins over `auto`'s choice.
+
+    A run started in float32 (or under another default) continues in it unless --compute_dtype
+    was given explicitly (the variables are float32 in every mode, so any mode can resume any run).
+    """
+    record = config.get("precision") or {}
+    path = os.path.join(model_dir, checkpointing.CONFIG_FILE)
+    if record.get("requested") != "auto" or not os.path.exists(path):
+        return config
+    stored = checkpointing.load_config(model_dir).get("compute_dtype", "float32")
+    if stored == config["compute_dtype"]:
+        return config
+    reason = (f"resumed run: keeps the compute_dtype it started with ({stored}, {checkpointing.CONFIG_FILE}); "
+              f"auto would pick {config['compute_dtype']} ({record.get('reason')}); pass --compute_dtype to change it")
+    return dict(config, compute_dtype=stored, precision=dict(record, mode=stored, reason=reason))
+
+
+def describe_precision(config):
+    """One line for the console: the mode, what was asked, the device and the reason."""
+    record = config.get("precision") or {}
+    asked = record.get("requested", config["compute_dtype"])
+    device = f" on {record['device']}" if record.get("device") else ""
+    return (f"Precision: {config['compute_dtype']} (--compute_dtype={asked}{device}: "
+            f"{record.get('reason', 'given explicitly')})")
+
+
 def load_data(config):
     """The run's data: (splits, pseudo_inputs_data).
 
@@ -225,6 +252,8 @@ def run(config, strategy=None, splits=None, pseudo_inputs_data=None):
     model_dir = config["model_dir"]
     is_chief = distribute.task_info(strategy)[2]
     check_resume(model_dir, config)
+    config = keep_run_precision(model_dir, config)
+    print(describe_precision(config), flush=True)
     _check_writable(config, is_chief)
     with _run_directory(model_dir, is_chief):
         try:
@@ -237,7 +266,7 @@ def run(config, strategy=None, splits=None, pseudo_inputs_data=None):
         _print_data(data_section)
         if is_chief:  # only once the data is there: a failed start leaves no config behind
             checkpointing.save_config(model_dir, config)
-            checkpointing.update_results(model_dir, {"data": data_section})
+            checkpointing.update_results(model_dir, {"data": data_section, "precision": config.get("precision")})
         trainer = training.Trainer(config, strategy, pseudo_inputs_data)
         print(f"Training {config['model']} + {config['prior']} on {config['dataset']} with "
               f"{type(strategy).__name__} ({trainer.num_replicas} replica(s)"
