@@ -111,7 +111,8 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, real_data_dir):
 
 def test_ctrl_c_exits_130_with_a_resume_hint_and_the_rerun_resumes(tmp_path, real_data_dir):
     model_dir = tmp_path / "run"
-    args = [f"--model_dir={model_dir}", "--epochs=30", "--noexport", "--noevaluate"]
+    # Far more epochs than it can run before the signal: a loaded machine must not let it finish first.
+    args = [f"--model_dir={model_dir}", "--epochs=2000", "--noexport", "--noevaluate"]
     process = _train(args, real_data_dir("frey_faces"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _wait_for(lambda: glob.glob(str(model_dir / "checkpoints" / "ckpt-2.index")), process)
     process.send_signal(signal.SIGINT)

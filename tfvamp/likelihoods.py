@@ -226,9 +226,11 @@ def bernoulli_log_prob_dense(features, kernel, bias, context):
     # A 2-D matmul, so that the bias and |l| fuse into it. With bfloat16 features and weights
     # the matmul is bfloat16 and |l| is summed in float32.
     logits = tf.nn.bias_add(tf.matmul(tf.reshape(features, [-1, features.shape[-1]]), kernel), bias)
-    magnitude = tf.cast(tf.nn.leaky_relu(logits, alpha=-1.0), tf.float32)  # leaky_relu(l, -1) = |l|
+    magnitude = tf.nn.leaky_relu(logits, alpha=-1.0)  # leaky_relu(l, -1) = |l|
+    if magnitude.dtype.size < 4:  # half precision: summed in float32 (float64 stays float64)
+        magnitude = tf.cast(magnitude, tf.float32)
     even = _bernoulli_even_sum(magnitude)
-    return linear + tf.reshape(even, tf.shape(features)[:-1])
+    return linear + tf.cast(tf.reshape(even, tf.shape(features)[:-1]), linear.dtype)
 
 
 def log_prob(name, params, x, event_ndims=3):
