@@ -121,6 +121,8 @@ def test_benchmark_script_quick(tmp_path):
     assert epochs["epoch_over_steps"] == pytest.approx(
         epochs["seconds_per_epoch"] / (epochs["steps"] * epochs["step_seconds"]))
     assert 0.5 < epochs["epoch_over_steps"] < 5
+    assert 0.3 < epochs["train_over_steps"] <= epochs["epoch_over_steps"]  # the training loop is part of the epoch
+    assert epochs["slowest_over_median"] == pytest.approx(max(epochs["epoch_seconds"][1:]) / epochs["seconds_per_epoch"])
     # The VampPrior adds the pseudo-inputs' encoder pass and the mixture to the same step.
     assert result["rows"][2]["train"]["flops_per_step"] > standard["flops_per_step"]
     assert "% peak" in proc.stdout and result["machine"]["cpu"]

@@ -176,9 +176,12 @@ def benchmark_epochs(config, splits, x, epochs=3, strategy=None):
     checkpoints, TensorBoard), against the step alone on the fixed batch `x`.
 
     Returns a dict: `epoch_seconds` (each epoch; the first also traces the step), `steps` per
-    epoch, `seconds_per_epoch` (median of the epochs after the first), `step_seconds`, and
+    epoch, `seconds_per_epoch` (median of the epochs after the first), `step_seconds`,
     `epoch_over_steps` = seconds_per_epoch / (steps x step_seconds): what an epoch costs beyond
-    its steps (near 1: nothing else waits).
+    its steps (the validation pass, about 5-15% on static MNIST, included), `train_over_steps`:
+    the same for the training loop alone (near 1: the input pipeline keeps up), and
+    `slowest_over_median`: the slowest epoch after the first against their median (a stall
+    at epochs' ends makes some epochs 1.5-2x the others).
     """
     model_dir = tempfile.mkdtemp(prefix="tfvamp_epochs_")
     try:
@@ -187,14 +190,18 @@ def benchmark_epochs(config, splits, x, epochs=3, strategy=None):
         trainer = training.Trainer(config, strategy)
         trainer.fit(splits)
         seconds = [row["seconds"] for row in trainer.history]
+        train_seconds = [row["train_seconds"] for row in trainer.history]
         steps = trainer.history[-1]["steps"]
         step = time_call(trainer.train_step, tf.convert_to_tensor(x, tf.float32), warmup=1, repeats=3,
                          iterations=max(5, min(50, steps)))
     finally:
         shutil.rmtree(model_dir, ignore_errors=True)
-    per_epoch = float(np.median(seconds[1:] if len(seconds) > 1 else seconds))
+    later = slice(1, None) if len(seconds) > 1 else slice(None)
+    per_epoch = float(np.median(seconds[later]))
     return {"epoch_seconds": seconds, "steps": steps, "seconds_per_epoch": per_epoch, "step_seconds": step,
-            "epoch_over_steps": per_epoch / (steps * step)}
+            "epoch_over_steps": per_epoch / (steps * step),
+            "train_over_steps": float(np.median(train_seconds[later])) / (steps * step),
+            "slowest_over_median": float(np.max(seconds[later])) / per_epoch}
 
 
 def evaluation_flops(model, batch_size, num_samples, chunk_size, prior_dtype="float32"):
