@@ -81,9 +81,26 @@ def test_each_named_part_computes_in_float32_and_the_rest_in_bfloat16():
     mean, logvar = model.encode_top(x)
     assert mean.dtype == logvar.dtype == tf.float32
     assert all(w.dtype == "float32" for w in model.weights)
-    mixed = _model("mixed")
-    for part, dtype in precision.MIXED.items():
+    mixed = _model("mixed")  # 8-bit data: the first layer stays float32
+    for part, dtype in precision.MIXED_8BIT.items():
         assert mixed.precision.dtype(part) == dtype
+
+
+def test_mixed_keeps_the_first_layer_float32_only_for_inputs_bfloat16_cannot_hold():
+    """Binary pixels are exact in bfloat16, (k + 0.5) / 256 is not: 0.5 + 1.5/256 rounds."""
+    gray = np.array([0.5 + 1.5 / 256], np.float32)
+    assert tf.cast(tf.cast(gray, tf.bfloat16), tf.float32).numpy()[0] != gray[0]
+    assert np.array_equal(tf.cast(tf.cast([0.0, 1.0], tf.bfloat16), tf.float32).numpy(), [0.0, 1.0])
+    gated = lambda stack: [l for l in stack.layers if isinstance(l, tfvamp.layers.GatedDense)]  # noqa: E731
+    binary = tfvamp.build_model("vae", "vampprior", (28, 28, 1), "bernoulli", num_components=5, z1_size=4, seed=1,
+                                compute_dtype="mixed")
+    grey = tfvamp.build_model("vae", "vampprior", FREY, "discretized_logistic", num_components=5, z1_size=4,
+                              seed=1, compute_dtype="mixed")
+    assert [l.compute_dtype for l in gated(binary.q_z)][:2] == ["bfloat16", "bfloat16"]
+    assert [l.compute_dtype for l in gated(grey.q_z)][:2] == ["float32", "bfloat16"]
+    assert binary.precision.dtype("first_layer") == "bfloat16" and grey.precision.dtype("first_layer") == "float32"
+    for part in set(precision.PARTS) - {"first_layer"}:
+        assert binary.precision.dtype(part) == grey.precision.dtype(part) == precision.MIXED[part]
 
 
 def test_prior_encoder_in_float32_gives_the_float32_prior_exactly():

@@ -23,7 +23,10 @@ Modes (`--compute_dtype`):
 * `bfloat16`: the first version of mixed precision: every hidden layer (`hidden`,
   `first_layer`, `prior_encoder`) in bfloat16, heads and output layer float32.
 * `mixed`: the measured per-part policy (`MIXED`; docs/benchmarks.md has the measurements):
-  bfloat16 everywhere but the Gaussian heads (means and log-variances of q and p(z1|z2)).
+  bfloat16 everywhere but the Gaussian heads (means and log-variances of q and p(z1|z2)), and
+  for 8-bit (discretized logistic) data also the first layer (`MIXED_8BIT`): bfloat16 holds
+  {0, 1} exactly but not (k + 0.5) / 256, and trained on Frey Faces that rounding cost 2.8 and
+  4.1 nats per image (two seeds) where a float32 first layer cost none (docs/results.md).
 * `auto` (the default): `mixed` where the hardware has bfloat16 units (a GPU of compute
   capability >= 8.0, or a CPU with AMX or AVX512-BF16), else `float32` (`choose`).
 * `bfloat16_except:PART,PART`: every part bfloat16 but the listed ones (for measuring;
@@ -55,6 +58,11 @@ def _all(dtype):
 # weights divide by); everything that costs time is bfloat16, the output layer included (0.05
 # nats at evaluation; a third of the importance sampler's matmul time in the MLP models).
 MIXED = dict(_all(BFLOAT16), mean_heads=FLOAT32, variance_heads=FLOAT32)
+# Inputs that bfloat16 cannot hold exactly (8-bit pixels (k + 0.5) / 256 need 9 significant bits,
+# bfloat16 keeps 8): the layers that read them stay float32. Measured in paired paper-budget runs
+# of Frey VAE + VampPrior (docs/results.md, "Mixed precision"): MIXED -2.8 and -4.1 nats per image
+# against float32, this policy -1.1 and +5.0 (seeds 14, 15; paired s.e. 1.0-1.4).
+MIXED_8BIT = dict(MIXED, first_layer=FLOAT32)
 _MODE_POLICIES = {
     "float32": _all(FLOAT32),
     "bfloat16": dict(_all(BFLOAT16), mean_heads=FLOAT32, variance_heads=FLOAT32, output_layer=FLOAT32),
@@ -86,6 +94,9 @@ class Policy:
     """
 
     mode: str
+    # False for data that bfloat16 cannot represent exactly (8-bit grey levels): `mixed` then
+    # keeps the first layer in float32 (MIXED_8BIT). Other modes ignore it.
+    exact_inputs: bool = True
 
     def __post_init__(self):
         check_mode(self.mode, allow_auto=False)
@@ -95,6 +106,8 @@ class Policy:
         if self.mode.startswith(EXCEPT_PREFIX):
             kept = [p for p in self.mode[len(EXCEPT_PREFIX):].split(",") if p]
             return dict(_all(BFLOAT16), **{p: FLOAT32 for p in kept})
+        if self.mode == "mixed" and not self.exact_inputs:
+            return dict(MIXED_8BIT)
         return dict(_MODE_POLICIES[self.mode])
 
     def dtype(self, part):
@@ -195,6 +208,6 @@ def resolve(requested="auto", query=hardware, environ=None):
     return Choice("auto", mode, device, reason)
 
 
-def policy(mode):
+def policy(mode, exact_inputs=True):
     """The `Policy` of a mode; `auto` is resolved on this machine first."""
-    return Policy(resolve(mode).mode)
+    return Policy(resolve(mode).mode, exact_inputs)
