@@ -1,7 +1,11 @@
 """Training: the warm-up schedule, early stopping, and the loop's checkpoints, TensorBoard and
 NaN handling on synthetic data with tiny models."""
+import contextlib
 import glob
 import os
+import signal
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -112,6 +116,36 @@ def test_nan_training_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_
     assert np.all(np.isfinite(model.loss_terms(tf.constant(clean[:4]))["loss"].numpy()))
 
 
+
+
+def test_a_ctrl_c_that_python_drops_in_a_finaliser_is_still_seen():
+    """Python ignores an exception raised in __del__; TensorFlow runs many finalisers, so a
+    Ctrl-C can land in one. The flag of `interrupt_flag` records it anyway."""
+    class SendsCtrlC:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)  # the handler runs here, and its KeyboardInterrupt is dropped
+
+    with training.interrupt_flag() as flag:
+        SendsCtrlC()
+        time.sleep(0.05)  # no KeyboardInterrupt reaches this frame
+        assert flag.is_set()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def test_training_stops_at_the_next_step_once_the_interrupt_flag_is_set(tmp_path, monkeypatch):
+    @contextlib.contextmanager
+    def already_interrupted():
+        flag = threading.Event()
+        flag.set()
+        yield flag
+
+    monkeypatch.setattr(training, "interrupt_flag", already_interrupted)
+    config = tiny_config(tmp_path / "run", epochs=3)
+    trainer = training.Trainer(config, tf.distribute.get_strategy())
+    with pytest.raises(training.TrainingInterrupted, match="Interrupted in epoch 1; .* resume from epoch 1"):
+        trainer.fit(synthetic_splits())
+    assert trainer.history == []  # not one epoch finished
 
 
 def test_whole_epochs_through_the_real_loop_do_not_stall(tmp_path):

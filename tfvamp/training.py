@@ -23,9 +23,12 @@ so a mirrored run computes exactly what one device would, and a resumed run cont
 noise stream (the step counter is in the checkpoint). The data order of an epoch depends on
 the run's seed and the epoch only (`tfvamp.data`).
 """
+import contextlib
 import json
 import math
 import os
+import signal
+import threading
 import time
 
 import keras
@@ -187,6 +190,31 @@ def epoch_stream(splits, first_epoch, steps):
 
 
 # ---- the trainer ------------------------------------------------------------------------------
+@contextlib.contextmanager
+def interrupt_flag():
+    """Yields an Event that SIGINT sets, besides raising KeyboardInterrupt as usual.
+
+    Python drops an exception raised in a finaliser (`__del__`, weakref callbacks: TensorFlow
+    runs many), so a Ctrl-C landing in one would be lost and training would go on; the loop
+    checks the flag after every step. Off the main thread (where handlers cannot be set) the
+    flag is never set.
+    """
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        flag.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+
+
 class Trainer:
     """One training run under a `tf.distribute` strategy.
 
@@ -216,6 +244,7 @@ class Trainer:
         with self.strategy.scope():
             self._build_state(pseudo_inputs_data)
         self.history = []  # one dict per epoch this process ran: epoch, seconds, steps, losses
+        self._interrupted = threading.Event()  # set by Ctrl-C during fit (`interrupt_flag`)
         grads = self._replica_grads
         self._grads_fn = tf.function(grads, jit_compile=True) if self.jit_compile else grads
         self._train_step = tf.function(self._distributed_step)
@@ -325,6 +354,8 @@ class Trainer:
         for x in iterator:
             totals += tf.cast(self.train_step(x), tf.float64)
             num_steps += 1
+            if self._interrupted.is_set():  # a Ctrl-C whose KeyboardInterrupt Python dropped
+                raise KeyboardInterrupt
             if bar is not None:
                 bar.update(1)
                 if num_steps % 10 == 0 or num_steps == steps:
@@ -499,13 +530,14 @@ class Trainer:
         reason, clock = "max_epochs", (time.perf_counter(), start_epoch)
         epoch = start_epoch
         try:
-            for epoch in range(start_epoch, epochs + 1):
-                stop, why = self._run_epoch(epoch, batches, steps, splits.validation, writer, validation_images,
-                                            clock)
-                if stop:
-                    reason = why
-                    print(f"Stopping after epoch {epoch}: {reason.replace('_', ' ')}.", flush=True)
-                    break
+            with interrupt_flag() as self._interrupted:
+                for epoch in range(start_epoch, epochs + 1):
+                    stop, why = self._run_epoch(epoch, batches, steps, splits.validation, writer,
+                                                validation_images, clock)
+                    if stop:
+                        reason = why
+                        print(f"Stopping after epoch {epoch}: {reason.replace('_', ' ')}.", flush=True)
+                        break
         except KeyboardInterrupt:
             raise TrainingInterrupted(f"Interrupted in epoch {epoch}; re-run the same command to resume from epoch "
                                       f"{int(self.epoch.numpy()) + 1}.") from None
