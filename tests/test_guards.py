@@ -113,7 +113,10 @@ def test_ctrl_c_exits_130_with_a_resume_hint_and_the_rerun_resumes(tmp_path, rea
     model_dir = tmp_path / "run"
     # Far more epochs than it can run before the signal: a loaded machine must not let it finish first.
     args = [f"--model_dir={model_dir}", "--epochs=2000", "--noexport", "--noevaluate"]
-    process = _train(args, real_data_dir("frey_faces"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # SIG_DFL in the child, so that Python installs its KeyboardInterrupt handler as in a terminal:
+    # a child of a background job (pytest run with `&` from a script) would inherit SIGINT ignored.
+    process = _train(args, real_data_dir("frey_faces"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     _wait_for(lambda: glob.glob(str(model_dir / "checkpoints" / "ckpt-2.index")), process)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=120)

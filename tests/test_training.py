@@ -126,11 +126,19 @@ def test_a_ctrl_c_that_python_drops_in_a_finaliser_is_still_seen():
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.2)  # the handler runs here, and its KeyboardInterrupt is dropped
 
-    with training.interrupt_flag() as flag:
-        SendsCtrlC()
-        time.sleep(0.05)  # no KeyboardInterrupt reaches this frame
-        assert flag.is_set()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    # Python's own handler, as in a terminal (pytest may run with SIGINT ignored, as a background job).
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with training.interrupt_flag() as flag:
+            SendsCtrlC()
+            time.sleep(0.05)  # no KeyboardInterrupt reaches this frame
+            assert flag.is_set()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # ignored (a background job): left alone
+        with training.interrupt_flag() as flag:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and not flag.is_set()
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_training_stops_at_the_next_step_once_the_interrupt_flag_is_set(tmp_path, monkeypatch):

@@ -196,11 +196,13 @@ def interrupt_flag():
 
     Python drops an exception raised in a finaliser (`__del__`, weakref callbacks: TensorFlow
     runs many), so a Ctrl-C landing in one would be lost and training would go on; the loop
-    checks the flag after every step. Off the main thread (where handlers cannot be set) the
-    flag is never set.
+    checks the flag after every step. Off the main thread (where handlers cannot be set), and
+    where SIGINT is ignored (a background job of a non-interactive shell inherits that, and
+    Python keeps it), nothing is installed and the flag is never set.
     """
     flag = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is signal.SIG_IGN):
         yield flag
         return
 
