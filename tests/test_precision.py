@@ -262,3 +262,11 @@ def test_one_encoder_pass_over_batch_and_pseudo_inputs_gives_the_same_terms(mode
                                    tf.cast(apart[key], tf.float32).numpy(), **tolerance)
     np.testing.assert_allclose(prior.means.numpy(), apart_prior.means.numpy(), **tolerance)
     np.testing.assert_allclose(prior.logvars.numpy(), apart_prior.logvars.numpy(), **tolerance)
+
+
+def test_the_console_line_names_the_parts_kept_in_float32():
+    grey = {"compute_dtype": "mixed", "likelihood": "discretized_logistic"}
+    assert "; in float32: first_layer, mean_heads, variance_heads, densities" in run.describe_precision(grey)
+    binary = {"compute_dtype": "mixed", "likelihood": "bernoulli"}
+    assert "; in float32: mean_heads, variance_heads, densities" in run.describe_precision(binary)
+    assert "in float32:" not in run.describe_precision({"compute_dtype": "float32", "likelihood": "bernoulli"})

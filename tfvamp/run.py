@@ -24,6 +24,7 @@ from tfvamp import evaluation
 from tfvamp import export
 from tfvamp import flags
 from tfvamp import image_sources
+from tfvamp import precision
 from tfvamp import priors
 from tfvamp import training
 from tfvamp.datasets.facts import SPLITS
@@ -71,8 +72,13 @@ def describe_precision(config):
     record = config.get("precision") or {}
     asked = record.get("requested", config["compute_dtype"])
     device = f" on {record['device']}" if record.get("device") else ""
-    return (f"Precision: {config['compute_dtype']} (--compute_dtype={asked}{device}: "
+    line = (f"Precision: {config['compute_dtype']} (--compute_dtype={asked}{device}: "
             f"{record.get('reason', 'given explicitly')})")
+    policy = precision.Policy(config["compute_dtype"], exact_inputs=config.get("likelihood") == "bernoulli")
+    if policy.uses_bfloat16():
+        kept = [part for part, dtype in policy.dtypes.items() if dtype == precision.FLOAT32]
+        line += f"; in float32: {', '.join(kept) if kept else 'no part'}, densities and the optimizer"
+    return line
 
 
 def load_data(config):
