@@ -25,9 +25,8 @@ flags.DEFINE_enum("split", "test", ("test", "validation"), "Which evaluation to 
 
 def summarize(model_dir, split):
     """A run's per-image log-likelihoods and its summary: log_likelihood, and bits_per_dim for gray data."""
-    from tfvamp import evaluation  # pylint: disable=import-outside-toplevel
-    with open(os.path.join(model_dir, "config.json")) as f:
-        config = json.load(f)
+    from tfvamp import checkpointing, evaluation  # pylint: disable=import-outside-toplevel
+    config = checkpointing.load_config(model_dir)
     lls = np.load(os.path.join(model_dir, f"eval_{split}.npz"))["log_likelihood"].astype(np.float64)
     summary = {"model_dir": model_dir, "compute_dtype": config.get("compute_dtype", "float32"),
                "log_likelihood": float(lls.mean())}

@@ -207,7 +207,7 @@ def summarize(model, per_example, posterior_means):
     summary["active_units"] = count_active_units(posterior_means) if count > 1 else {}
     if "component_usage" in per_example:
         summary["components_in_use"] = components_in_use(per_example["component_usage"])
-    if model.prior_name in ("vampprior", "weighted_vampprior"):
+    if priors.has_learnable_pseudo_inputs(model.prior_name):
         summary["pseudo_inputs_moved"] = pseudo_inputs_moved(model)
     return summary
 

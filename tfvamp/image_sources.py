@@ -38,11 +38,11 @@ import os
 import numpy as np
 
 from tfvamp.datasets.errors import DataError
+from tfvamp.datasets.facts import SPLITS
 
 PREFIXES = ("folder:", "array:", "tfds:")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 SPLIT_SEED = 20180101
-from tfvamp.datasets.facts import SPLITS  # noqa: E402  (one definition of the split names)
 BINARIZE = ("none", "dynamic", "static")
 RESIZE = ("resize", "crop")
 _CACHE = {}

@@ -132,8 +132,7 @@ class LatentVariableModel(keras.Model):
         # Which parts compute in bfloat16 (float32 variables in every mode; densities float32).
         self.compute_dtype_name = (precision.resolve(compute_dtype).mode if compute_dtype == "auto"
                                    else precision.check_mode(compute_dtype, allow_auto=False))
-        # Binary pixels are exact in bfloat16; 8-bit grey levels are not (precision.MIXED_8BIT).
-        self.precision = precision.Policy(self.compute_dtype_name, exact_inputs=likelihood == "bernoulli")
+        self.precision = precision.for_likelihood(self.compute_dtype_name, likelihood)
         self.hidden_dtype = self.precision.keras("hidden")
         self.first_layer_dtype = self.precision.keras("first_layer")
         self.float32_weight_gradients = self.precision.dtype("weight_gradients") == precision.FLOAT32

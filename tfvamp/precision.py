@@ -208,6 +208,12 @@ def resolve(requested="auto", query=hardware, environ=None):
     return Choice("auto", mode, device, reason)
 
 
+def for_likelihood(mode, likelihood):
+    """The `Policy` of a concrete mode for data of this likelihood: Bernoulli data is binary, which
+    bfloat16 holds exactly; the discretized logistics' 8-bit levels it does not (`MIXED_8BIT`)."""
+    return Policy(mode, exact_inputs=likelihood == "bernoulli")
+
+
 def policy(mode, exact_inputs=True):
     """The `Policy` of a mode; `auto` is resolved on this machine first."""
     return Policy(resolve(mode).mode, exact_inputs)

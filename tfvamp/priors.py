@@ -49,6 +49,11 @@ def has_pseudo_inputs(name):
     return check_prior(name) in PSEUDO_INPUT_PRIORS
 
 
+def has_learnable_pseudo_inputs(name):
+    """True for the VampPriors that learn their pseudo-inputs (all but `vampprior_data`)."""
+    return has_pseudo_inputs(name) and name != "vampprior_data"
+
+
 def is_mixture(name):
     """True for every prior but `standard`: a `GaussianMixture` over the top latent."""
     return check_prior(name) != "standard"
@@ -395,5 +400,5 @@ def make_prior(name, latent_size, image_shape, num_components=500, pseudo_inputs
     return VampPrior(latent_size, num_components, image_shape,
                      pseudo_inputs_mean=pseudo_inputs_mean, pseudo_inputs_std=pseudo_inputs_std,
                      pseudo_inputs_data=pseudo_inputs_data,
-                     trainable_pseudo_inputs=not has_pseudo_inputs(name) or name != "vampprior_data",
+                     trainable_pseudo_inputs=has_learnable_pseudo_inputs(name),
                      learn_weights=(name == "weighted_vampprior"), seed=seed, name="prior")

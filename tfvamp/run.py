@@ -74,7 +74,7 @@ def describe_precision(config):
     device = f" on {record['device']}" if record.get("device") else ""
     line = (f"Precision: {config['compute_dtype']} (--compute_dtype={asked}{device}: "
             f"{record.get('reason', 'given explicitly')})")
-    policy = precision.Policy(config["compute_dtype"], exact_inputs=config.get("likelihood") == "bernoulli")
+    policy = precision.for_likelihood(config["compute_dtype"], config.get("likelihood"))
     if policy.uses_bfloat16():
         kept = [part for part, dtype in policy.dtypes.items() if dtype == precision.FLOAT32]
         line += f"; in float32: {', '.join(kept) if kept else 'no part'}, densities and the optimizer"
