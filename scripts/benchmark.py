@@ -386,14 +386,15 @@ def main(argv):
         return 0
     options = _options()
     from tfvamp import distribute  # pylint: disable=import-outside-toplevel
-    distribute.set_threads(FLAGS.threads)  # the peaks with the workers' thread count
+    layout = distribute.set_threads(FLAGS.threads)  # the peaks with the workers' thread layout
     from tfvamp import profiling  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     modes = _compute_dtypes()
     machine = _machine()
     peak, peak_bf16 = profiling.matmul_peak(), profiling.matmul_peak(dtype=tf.bfloat16)
-    print(f"machine: {machine}" + (f", {FLAGS.threads} thread(s)" if FLAGS.threads else ""))
+    print(f"machine: {machine}" + (f", {FLAGS.threads} thread(s)" if FLAGS.threads else "")
+          + f"; TensorFlow threads (intra-op, inter-op): {layout} (0 = TensorFlow's default)")
     print(f"CPU: {machine['cpu']}; dense matmul peak: float32 {peak / 1e9:.0f} GFLOP/s, bfloat16 {peak_bf16 / 1e9:.0f} "
           f"GFLOP/s (bfloat16 / float32 = {peak_bf16 / peak:.2f})", flush=True)
     cpu_peaks = None
@@ -414,6 +415,7 @@ def main(argv):
         print(_speedup_table(gains, cpu_peaks[1] / cpu_peaks[0] if cpu_peaks else peak_bf16 / peak))
     result = {"machine": machine, "matmul_peak_flops": peak, "matmul_peak_flops_bfloat16": peak_bf16,
               "matmul_ratio": peak_bf16 / peak, "threads": FLAGS.threads,
+              "thread_layout": {"intra_op": layout[0], "inter_op": layout[1]},
               "matmul_peak_flops_cpu_time": cpu_peaks and {"float32": cpu_peaks[0], "bfloat16": cpu_peaks[1],
                                                            "ratio": cpu_peaks[1] / cpu_peaks[0]},
               "batch_size": FLAGS.batch_size,

@@ -59,7 +59,7 @@ flags.DEFINE_integer("samples_per_pseudo_input", 8, "Images generated from each 
 flags.DEFINE_integer("seed", 0, "Seed of the importance samples (batch i uses seed + i), the pictures' "
                      "samples and the choice of pseudo-inputs: the same command gives the same numbers.")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
-flags.DEFINE_integer("threads", 0, "TensorFlow's intra- and inter-op threads (0 = every core).", lower_bound=0)
+flags.DEFINE_integer("threads", 0, "Cores TensorFlow may use (0 = every core), laid out as in training (--threads in docs/training.md).", lower_bound=0)
 flags.DEFINE_bool("benchmark", False, "Time the evaluation of a randomly initialised model on random binary "
                   "28x28 images instead (no --model_dir): prints images/s at --eval_samples.")
 flags.DEFINE_string("benchmark_model", "vae", "Model family for --benchmark.")

@@ -196,3 +196,36 @@ def test_strategy_choice_from_tf_config(monkeypatch):
         distribute.tf_config()
     with pytest.raises(ValueError, match="Unknown strategy"):
         distribute.make_strategy("tpu")
+
+
+def test_thread_layout_runs_two_ops_side_by_side_on_two_cores():
+    assert distribute.thread_layout(0, cores=2) == (1, 2)  # the measured case
+    assert distribute.thread_layout(2, cores=64) == (1, 2)
+    assert distribute.thread_layout(1, cores=2) == (1, 1)  # a long run kept to one core
+    assert distribute.thread_layout(0, cores=1) == (1, 1)
+    assert distribute.thread_layout(0, cores=8) == (8, 8)  # unmeasured: as before
+    assert distribute.thread_layout(3, cores=8) == (3, 3)
+    assert distribute.thread_layout(0, cores=2, has_gpu=True) == (0, 0)  # TensorFlow's default
+    assert distribute.thread_layout(2, cores=2, has_gpu=True) == (1, 2)  # asked for: honoured
+    with pytest.raises(ValueError, match="num_threads must be >= 0"):
+        distribute.thread_layout(-1, cores=2)
+
+
+@pytest.mark.parametrize("threads, expected", [(2, (1, 2)), (1, (1, 1)), (3, (3, 3))])
+def test_set_threads_sets_tensorflows_pools(threads, expected):
+    proc = run_python(f"""
+        from tfvamp import distribute
+        layout = distribute.set_threads({threads})
+        import tensorflow as tf
+        tf.constant(1.0) + 1.0  # initialise
+        print(layout, (tf.config.threading.get_intra_op_parallelism_threads(),
+                       tf.config.threading.get_inter_op_parallelism_threads()))
+        try:
+            distribute.set_threads(4)  # a change after initialisation
+        except RuntimeError as e:
+            print("REFUSED", e)
+    """)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0] == f"{expected} {expected}"
+    assert lines[1].startswith("REFUSED") and "before anything else uses TensorFlow" in lines[1]

@@ -102,8 +102,9 @@ FLAGS = (
      "(the CPU when there is none)."),
     ("cpu_devices", "integer", 0, None, "Split the CPU into this many logical devices and mirror over them "
      "(testing multi-replica code without GPUs; 0 = don't)."),
-    ("threads", "integer", 0, None, "TensorFlow's intra- and inter-op threads (0 = TensorFlow's default: every "
-     "core). --threads=1 keeps a long run to one core."),
+    ("threads", "integer", 0, None, "Cores TensorFlow may use (0 = every core; with a GPU, TensorFlow's default). "
+     "On two, two ops run side by side with one thread each (faster at batch 100); --threads=1 keeps a long "
+     "run to one core."),
     ("compute_dtype", "string", "auto", None,
      "Compute precision (variables are float32 in every mode): auto = mixed where the hardware has bfloat16 "
      "units (GPU compute capability >= 8.0, CPU with AMX or AVX512-BF16), else float32; mixed = the measured "

@@ -276,7 +276,7 @@ def run(config, strategy=None, splits=None, pseudo_inputs_data=None):
         trainer = training.Trainer(config, strategy, pseudo_inputs_data)
         print(f"Training {config['model']} + {config['prior']} on {config['dataset']} with "
               f"{type(strategy).__name__} ({trainer.num_replicas} replica(s)"
-              f"{', XLA' if trainer.jit_compile else ''}) into {model_dir}", flush=True)
+              f"{', XLA' if trainer.jit_compile else ''}; {distribute.describe_threads()}) into {model_dir}", flush=True)
         summary = trainer.fit(splits)
         results = {"training": summary}
         if is_chief:
