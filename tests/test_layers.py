@@ -211,3 +211,18 @@ def test_configs_round_trip():
     for layer in (tl.GatedDense(5), tl.GatedConv2D(4, 3, 2, 1), tl.MaskedConv2D("B", 8, 5)):
         clone = type(layer).from_config(layer.get_config())
         assert clone.get_config() == layer.get_config()
+
+
+def test_gate_is_the_sigmoid_in_each_dtype_with_its_gradient():
+    z = np.linspace(-12.0, 12.0, 97)
+    for dtype, tol in ((tf.float32, 1e-6), (tf.bfloat16, 2.0 ** -8)):
+        zt = tf.cast(z, dtype)
+        with tf.GradientTape() as tape:
+            tape.watch(zt)
+            s = tl.gate(zt)
+        assert s.dtype == dtype
+        zq = zt.numpy().astype(np.float64)  # the value the layer received
+        sq = _sigmoid(zq)
+        np.testing.assert_allclose(s.numpy().astype(np.float64), sq, rtol=tol, atol=tol * 1e-3)
+        grad = tape.gradient(s, zt).numpy().astype(np.float64)
+        np.testing.assert_allclose(grad, sq * (1 - sq), rtol=4 * tol, atol=2 * tol * 1e-2)
