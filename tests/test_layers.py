@@ -226,3 +226,46 @@ def test_gate_is_the_sigmoid_in_each_dtype_with_its_gradient():
         np.testing.assert_allclose(s.numpy().astype(np.float64), sq, rtol=tol, atol=tol * 1e-3)
         grad = tape.gradient(s, zt).numpy().astype(np.float64)
         np.testing.assert_allclose(grad, sq * (1 - sq), rtol=4 * tol, atol=1e-7 if dtype == tf.float32 else 1e-4)
+
+
+@pytest.mark.parametrize("low, high", [(0.0, 1.0), (-6.0, 2.0)])
+def test_hardtanh_values_and_gradient_against_numpy(low, high):
+    x = np.random.default_rng(2).uniform(low - 3, high + 3, size=(50, 7)).astype(np.float32)
+    dy = np.random.default_rng(3).normal(size=x.shape).astype(np.float32)
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        y = tl.hardtanh(xt, low, high)
+    np.testing.assert_array_equal(y.numpy(), np.clip(x, low, high))
+    grad = tape.gradient(y, xt, output_gradients=tf.constant(dy)).numpy()
+    np.testing.assert_array_equal(grad, np.where((x > low) & (x < high), dy, 0.0))
+    with pytest.raises(ValueError, match="low < high"):
+        tl.hardtanh(xt, 1.0, 1.0)
+
+
+def test_gated_dense_in_bfloat16_has_the_gradient_of_numpy():
+    """The bfloat16 path writes the gate's gradient out (no SigmoidGrad): checked against float64
+    NumPy on the same bfloat16-rounded factors, to bfloat16's precision."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(64, 9)).astype(np.float32)
+    layer = tl.GatedDense(5)
+    layer.build(x.shape)
+    for w in (layer.bias, layer.gate_bias):
+        w.assign(rng.normal(size=w.shape).astype(np.float32))
+    dy = rng.normal(size=(64, 5)).astype(np.float32)
+    with tf.GradientTape() as tape:
+        h = layer.forward(tf.constant(x), tf.bfloat16)
+        loss = tf.reduce_sum(tf.cast(h, tf.float32) * dy)
+    grads = tape.gradient(loss, [layer.kernel, layer.gate_kernel, layer.bias, layer.gate_bias])
+
+    def q(a):  # bfloat16 rounding, as the layer sees its inputs and weights
+        return tf.cast(tf.cast(a, tf.bfloat16), tf.float64).numpy()
+
+    xq, w, v, b, c = q(x), q(layer.kernel), q(layer.gate_kernel), q(layer.bias), q(layer.gate_bias)
+    a, z = xq @ w + b, xq @ v + c
+    s = _sigmoid(z)
+    da, dz = dy * s, dy * a * s * (1 - s)
+    expected = [xq.T @ da, xq.T @ dz, da.sum(0), dz.sum(0)]
+    for got, want in zip(grads, expected):
+        scale = np.max(np.abs(want))
+        assert np.max(np.abs(got.numpy() - want)) < 0.03 * scale  # bfloat16: 8 significant bits, sums of 64

@@ -57,7 +57,7 @@ class GaussianHead(keras.layers.Layer):
             kernels, biases = tf.split(self.kernel, 2, axis=-1), tf.split(self.bias, 2)
             mean = self._affine(h, kernels[0], biases[0], mean_dtype)
             logvar = self._affine(h, kernels[1], biases[1], logvar_dtype)
-        return mean, tf.clip_by_value(logvar, LOGVAR_MIN, LOGVAR_MAX)
+        return mean, layers.hardtanh(logvar, LOGVAR_MIN, LOGVAR_MAX)
 
     def call(self, h):
         return self.forward(h, self.mean_dtype, self.logvar_dtype)

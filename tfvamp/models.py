@@ -192,9 +192,11 @@ class LatentVariableModel(keras.Model):
             return self.encode_data(x, many_samples), self.prior()
         pseudo_inputs = self.prior_layer.pseudo_inputs()
         mean, logvar = self.encode_top(tf.concat([x, tf.cast(pseudo_inputs, x.dtype)], 0))
-        n = tf.shape(x)[0]
-        encoded = self.encode_data(x, many_samples, top=(mean[:n], logvar[:n]))
-        return encoded, self.prior_layer.distribution(lambda _: (mean[n:], logvar[n:]))
+        # A split, not slices: its gradient is one concat, where slices' are zero-padded copies summed.
+        sizes = tf.stack([tf.shape(x)[0], -1])
+        (mean_x, mean_p), (logvar_x, logvar_p) = tf.split(mean, sizes, 0), tf.split(logvar, sizes, 0)
+        encoded = self.encode_data(x, many_samples, top=(mean_x, logvar_x))
+        return encoded, self.prior_layer.distribution(lambda _: (mean_p, logvar_p))
 
     def score_latents(self, x, encoded, num_samples, log_prior, noise_fn=None, training=False):
         """Draws `num_samples` latents per image from q and scores them.

@@ -29,6 +29,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tfvamp import layers
+
 tfd = tfp.distributions
 
 PRIORS = ("standard", "mog", "vampprior", "vampprior_data", "weighted_vampprior")
@@ -343,7 +345,7 @@ class VampPrior(Prior):
 
     def pseudo_inputs(self):
         """The pseudo-inputs as the encoder sees them: `[K, H, W, C]` in [0, 1]."""
-        return tf.clip_by_value(self.pseudo_inputs_variable, 0.0, 1.0)
+        return layers.hardtanh(self.pseudo_inputs_variable, 0.0, 1.0)
 
     def mixture_weights(self):
         """`[K]` mixture weights, summing to 1."""
