@@ -32,6 +32,14 @@ def main(argv):
     if len(argv) > 1:
         return console.fail(f"unexpected arguments {argv[1:]} (flags are --name=value). {console.FLAG_HINT}", 2)
     from tfvamp import data  # pylint: disable=import-outside-toplevel
+    from tfvamp import distribute  # pylint: disable=import-outside-toplevel
+    # Before anything touches TensorFlow (reading your own images to infer settings does): the
+    # threads, then the logical CPU split; the strategy follows the config.
+    try:
+        distribute.set_threads(FLAGS.threads)
+    except ValueError as e:
+        return console.fail(f"--threads: {e}\n{console.FLAG_HINT}", 2)
+    devices = distribute.split_cpu(FLAGS.cpu_devices) if FLAGS.cpu_devices > 1 else None
     try:
         config = tflags.config_from_flags(FLAGS)
     except data.DataError as e:  # the images named by --dataset cannot be used
@@ -39,13 +47,9 @@ def main(argv):
     except ValueError as e:
         return console.fail(f"{e}\n{console.FLAG_HINT}", 2)
     # pylint: disable=import-outside-toplevel
-    from tfvamp import distribute
     from tfvamp import profiling
     from tfvamp import run
     from tfvamp import training
-    # Before anything else touches TensorFlow: threads, the logical CPU split, then the strategy.
-    distribute.set_threads(config["threads"])
-    devices = distribute.split_cpu(FLAGS.cpu_devices) if FLAGS.cpu_devices > 1 else None
     strategy = distribute.make_strategy(config["strategy"], devices=devices)
     if FLAGS.benchmark_xla:
         timings = profiling.benchmark_xla(config, steps=FLAGS.benchmark_xla, strategy=strategy)

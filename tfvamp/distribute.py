@@ -94,7 +94,7 @@ def thread_layout(num_threads, cores, has_gpu=False):
     """
     num_threads, cores = int(num_threads), int(cores)
     if num_threads < 0:
-        raise ValueError(f"num_threads must be >= 0, got {num_threads}.")
+        raise ValueError(f"num_threads must be >= 0 (0 = every core), got {num_threads}.")
     if num_threads == 0 and has_gpu:
         return 0, 0
     n = num_threads or max(1, cores)
