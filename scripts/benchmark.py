@@ -189,14 +189,16 @@ def _machine():
     import platform  # pylint: disable=import-outside-toplevel
 
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    from tfvamp import distribute  # pylint: disable=import-outside-toplevel
     cpu = platform.processor() or "unknown"
     try:
         with open("/proc/cpuinfo") as f:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "tensorflow": tf.__version__, "python": platform.python_version(),
-            "gpus": len(tf.config.list_physical_devices("GPU"))}
+    return {"cpu": cpu, "cores": distribute.available_cores(), "tensorflow": tf.__version__,
+            "python": platform.python_version(), "gpus": len(tf.config.list_physical_devices("GPU"))}
 
 
 def _table(rows, peak):

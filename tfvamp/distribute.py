@@ -107,8 +107,7 @@ def set_threads(num_threads):
 
     Like `split_cpu`, it must run before TensorFlow initialises.
     """
-    has_gpu = bool(tf.config.list_physical_devices("GPU")) if not int(num_threads) else False
-    intra, inter = thread_layout(num_threads, available_cores(), has_gpu)
+    intra, inter = thread_layout(num_threads, available_cores(), bool(tf.config.list_physical_devices("GPU")))
     try:
         if intra:
             tf.config.threading.set_intra_op_parallelism_threads(intra)
