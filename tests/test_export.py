@@ -43,6 +43,7 @@ SERVE_SCRIPT = textwrap.dedent(r'''
     import tensorflow as tf
 
     args = json.loads(sys.argv[1])
+    tf.random.set_seed(args["seed"])  # the log-likelihood estimates are reproducible
     out = {}
     for name, spec in args["models"].items():
         served = tf.saved_model.load(spec["dir"])
