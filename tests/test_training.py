@@ -144,7 +144,7 @@ def test_a_ctrl_c_that_python_drops_in_a_finaliser_is_still_seen():
 def test_training_stops_at_the_next_step_once_the_interrupt_flag_is_set(tmp_path, monkeypatch):
     @contextlib.contextmanager
     def already_interrupted():
-        flag = threading.Event()
+        flag = training.InterruptFlag()
         flag.set()
         yield flag
 
@@ -154,6 +154,32 @@ def test_training_stops_at_the_next_step_once_the_interrupt_flag_is_set(tmp_path
     with pytest.raises(training.TrainingInterrupted, match="Interrupted in epoch 1; .* resume from epoch 1"):
         trainer.fit(synthetic_splits())
     assert trainer.history == []  # not one epoch finished
+
+
+def test_a_ctrl_c_while_an_epoch_is_saved_waits_for_the_checkpoint(tmp_path):
+    """A Ctrl-C that lands while epoch 2 is being saved: the checkpoint is completed first, the
+    hint names epoch 3, and a re-run resumes from the checkpoint of epoch 2. (Raised at once, it
+    left the epoch counter ahead of the checkpoint: the hint said 3, the re-run started at 2.)"""
+    config = tiny_config(tmp_path / "run", epochs=3)
+    trainer = training.Trainer(config, tf.distribute.get_strategy())
+    save = trainer._save
+
+    def save_with_ctrl_c(checkpoint, directory, epoch, keep):
+        if epoch == 2 and directory == trainer.checkpoint_dir:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)  # the handler runs here
+        return save(checkpoint, directory, epoch, keep)
+
+    trainer._save = save_with_ctrl_c
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+    try:
+        with pytest.raises(training.TrainingInterrupted, match="Interrupted in epoch 2; .* resume from epoch 3"):
+            trainer.fit(synthetic_splits())
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert os.path.basename(tf.train.latest_checkpoint(trainer.checkpoint_dir)) == "ckpt-2"
+    again = training.Trainer(config, tf.distribute.get_strategy())
+    assert again.restore() == 2
 
 
 def test_whole_epochs_through_the_real_loop_do_not_stall(tmp_path):

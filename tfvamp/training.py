@@ -190,9 +190,38 @@ def epoch_stream(splits, first_epoch, steps):
 
 
 # ---- the trainer ------------------------------------------------------------------------------
+class InterruptFlag(threading.Event):
+    """Set by Ctrl-C during `fit` (`interrupt_flag`).
+
+    Inside `deferred()` a Ctrl-C only sets the flag; its KeyboardInterrupt is raised when the
+    block ends. The end of an epoch (best weights, epoch counter, checkpoint) runs deferred, so
+    an interrupt never leaves the counter ahead of the checkpoint on disk, and the resume hint
+    names the epoch a re-run really starts from.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._depth = 0
+
+    @property
+    def deferring(self):
+        return self._depth > 0
+
+    @contextlib.contextmanager
+    def deferred(self):
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+        if self._depth == 0 and self.is_set():
+            raise KeyboardInterrupt
+
+
 @contextlib.contextmanager
 def interrupt_flag():
-    """Yields an Event that SIGINT sets, besides raising KeyboardInterrupt as usual.
+    """Yields an `InterruptFlag` that SIGINT sets, besides raising KeyboardInterrupt as usual
+    (outside its `deferred()` blocks).
 
     Python drops an exception raised in a finaliser (`__del__`, weakref callbacks: TensorFlow
     runs many), so a Ctrl-C landing in one would be lost and training would go on; the loop
@@ -200,7 +229,7 @@ def interrupt_flag():
     where SIGINT is ignored (a background job of a non-interactive shell inherits that, and
     Python keeps it), nothing is installed and the flag is never set.
     """
-    flag = threading.Event()
+    flag = InterruptFlag()
     if (threading.current_thread() is not threading.main_thread()
             or signal.getsignal(signal.SIGINT) is signal.SIG_IGN):
         yield flag
@@ -208,7 +237,8 @@ def interrupt_flag():
 
     def handler(signum, frame):
         flag.set()
-        raise KeyboardInterrupt
+        if not flag.deferring:
+            raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGINT, handler)
     try:
@@ -246,7 +276,7 @@ class Trainer:
         with self.strategy.scope():
             self._build_state(pseudo_inputs_data)
         self.history = []  # one dict per epoch this process ran: epoch, seconds, steps, losses
-        self._interrupted = threading.Event()  # set by Ctrl-C during fit (`interrupt_flag`)
+        self._interrupted = InterruptFlag()  # set by Ctrl-C during fit (`interrupt_flag`)
         grads = self._replica_grads
         self._grads_fn = tf.function(grads, jit_compile=True) if self.jit_compile else grads
         self._train_step = tf.function(self._distributed_step)
@@ -439,6 +469,13 @@ class Trainer:
         self.optimizer.learning_rate.assign(lr)
         return int(self.epoch.numpy())
 
+    def _saved_epoch(self):
+        """The epoch of the newest checkpoint on disk: where a re-run resumes from (plus one)."""
+        path = tf.train.latest_checkpoint(self.checkpoint_dir)
+        # A worker that cannot see the chief's directory has only its counter, kept in step by
+        # the deferred end of each epoch.
+        return int(path.rsplit("-", 1)[1]) if path else int(self.epoch.numpy())
+
     # -- TensorBoard --------------------------------------------------------------------------
     def _writer(self):
         if not self.is_chief:
@@ -542,7 +579,7 @@ class Trainer:
                         break
         except KeyboardInterrupt:
             raise TrainingInterrupted(f"Interrupted in epoch {epoch}; re-run the same command to resume from epoch "
-                                      f"{int(self.epoch.numpy()) + 1}.") from None
+                                      f"{self._saved_epoch() + 1}.") from None
         finally:
             writer.close()
         return self.summary(reason)
@@ -564,13 +601,14 @@ class Trainer:
         val = self.agree(self.evaluate_elbo(validation))
         self._check_divergence(epoch, val[0])
         improved, stop, why = self.early_stopping.update(epoch, val[0])
-        if improved:
-            self.save_best(epoch, val[0])
-        self.train_seconds.assign_add(train_seconds)
-        self.epoch.assign(epoch)
-        self.stop_reason.assign(STOP_REASONS.index(why) if stop else 0)
-        # The best weights are on disk before the checkpoint that records them.
-        self._save(self.checkpoint, self.checkpoint_dir, epoch, keep=int(self.config["checkpoints_to_keep"]))
+        with self._interrupted.deferred():  # a Ctrl-C here waits for the checkpoint
+            if improved:
+                self.save_best(epoch, val[0])
+            self.train_seconds.assign_add(train_seconds)
+            self.epoch.assign(epoch)
+            self.stop_reason.assign(STOP_REASONS.index(why) if stop else 0)
+            # The best weights are on disk before the checkpoint that records them.
+            self._save(self.checkpoint, self.checkpoint_dir, epoch, keep=int(self.config["checkpoints_to_keep"]))
         epoch_seconds = time.perf_counter() - epoch_start
         examples_per_second = num_steps * self.global_batch / max(train_seconds, 1e-9)
         self.history.append({"epoch": epoch, "seconds": epoch_seconds, "train_seconds": train_seconds,
