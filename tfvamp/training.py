@@ -469,13 +469,6 @@ class Trainer:
         self.optimizer.learning_rate.assign(lr)
         return int(self.epoch.numpy())
 
-    def _saved_epoch(self):
-        """The epoch of the newest checkpoint on disk: where a re-run resumes from (plus one)."""
-        path = tf.train.latest_checkpoint(self.checkpoint_dir)
-        # A worker that cannot see the chief's directory has only its counter, kept in step by
-        # the deferred end of each epoch.
-        return int(path.rsplit("-", 1)[1]) if path else int(self.epoch.numpy())
-
     # -- TensorBoard --------------------------------------------------------------------------
     def _writer(self):
         if not self.is_chief:
@@ -578,8 +571,9 @@ class Trainer:
                         print(f"Stopping after epoch {epoch}: {reason.replace('_', ' ')}.", flush=True)
                         break
         except KeyboardInterrupt:
+            # The counter is never ahead of the checkpoint on disk (each epoch's end runs deferred).
             raise TrainingInterrupted(f"Interrupted in epoch {epoch}; re-run the same command to resume from epoch "
-                                      f"{self._saved_epoch() + 1}.") from None
+                                      f"{int(self.epoch.numpy()) + 1}.") from None
         finally:
             writer.close()
         return self.summary(reason)
