@@ -24,7 +24,7 @@ def _images(n, seed=0):
 def _arguments(prior):
     """Constructor arguments, none of them a default, so that a key the config drops shows."""
     return dict(image_shape=SHAPE, prior=prior, likelihood="bernoulli", num_components=4, z1_size=3, z2_size=2,
-                pseudo_inputs_mean=0.3, pseudo_inputs_std=0.04, seed=5, compute_dtype="float32")
+                pseudo_inputs_mean=0.3, pseudo_inputs_std=0.04, seed=5, compute_dtype="float32", init="keras")
 
 
 @pytest.mark.parametrize("model_name", tfvamp.MODELS)
@@ -71,7 +71,7 @@ def test_run_checkpoint_restores_the_data_pseudo_inputs(tmp_path):
     the K training images come back from the checkpoint."""
     config = {"model": "hvae", "prior": "vampprior_data", "likelihood": "bernoulli", "input_shape": list(SHAPE),
               "num_components": 4, "z1_size": 3, "z2_size": 2, "pseudo_inputs_mean": 0.05, "pseudo_inputs_std": 0.01,
-              "seed": 3, "compute_dtype": "float32"}
+              "seed": 3, "compute_dtype": "float32", "init": "keras"}
     data = _images(10, seed=6)
     model = checkpointing.model_from_config(config, pseudo_inputs_data=data)
     assert checkpointing.model_config(config) == {k: v for k, v in model.get_config().items()

@@ -22,6 +22,7 @@ import socket
 import numpy as np
 import tensorflow as tf
 
+from tfvamp import initializers
 from tfvamp import models
 from tfvamp import precision
 
@@ -34,7 +35,7 @@ LOCK_FILE = ".lock"
 
 # The config keys build_model reads; everything else in config.json is for the record.
 MODEL_KEYS = ("model", "prior", "likelihood", "input_shape", "num_components", "z1_size", "z2_size",
-              "pseudo_inputs_mean", "pseudo_inputs_std", "seed")
+              "pseudo_inputs_mean", "pseudo_inputs_std", "seed", "init")
 
 
 def run_name(model_dir):
@@ -129,7 +130,13 @@ def model_config(config):
             "likelihood": config["likelihood"], "num_components": config["num_components"],
             "z1_size": config["z1_size"], "z2_size": config["z2_size"],
             "pseudo_inputs_mean": config["pseudo_inputs_mean"], "pseudo_inputs_std": config["pseudo_inputs_std"],
-            "seed": config.get("seed"), "compute_dtype": config.get("compute_dtype", "float32")}
+            "seed": config.get("seed"), "compute_dtype": config.get("compute_dtype", "float32"),
+            "init": stored_init(config)}
+
+
+def stored_init(config):
+    """The initialisation a run config was made with (runs from before `init` used Keras')."""
+    return config.get("init") or initializers.LEGACY
 
 
 def model_from_config(config, pseudo_inputs_data=None):

@@ -19,6 +19,7 @@ from tfvamp import data
 from tfvamp import distribute
 from tfvamp import export
 from tfvamp import image_sources
+from tfvamp import initializers
 from tfvamp import likelihoods
 from tfvamp import models
 from tfvamp import optimizers
@@ -63,6 +64,10 @@ FLAGS = (
      "training images (the release's --use_training_data_init). vampprior_data always uses training images."),
     ("pseudo_inputs_mean", "float", None, None, "Mean of the pseudo-input init; default: the dataset's."),
     ("pseudo_inputs_std", "float", None, None, "Std of the pseudo-input init; default: the dataset's."),
+    ("init", "enum", initializers.DEFAULT, initializers.INITS,
+     "How the weights start: release = the official release's (He normal on dense kernels, PyTorch's "
+     "uniform defaults on convolutions and biases); keras = truncated He normal, zero biases "
+     "(tfvamp/initializers.py). A resumed run keeps its own."),
     # Optimisation.
     ("optimizer", "enum", "adam_norm_grad", optimizers.OPTIMIZERS,
      "adam_norm_grad: Adam on per-tensor normalised gradients (the paper's)."),

@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfvamp import initializers
 from tfvamp import layers
 from tfvamp import likelihoods
 
@@ -33,17 +34,21 @@ class GaussianHead(keras.layers.Layer):
     """
 
     def __init__(self, latent_size, mean_dtype="float32", logvar_dtype="float32", float32_weight_gradients=False,
-                 **kwargs):
+                 init=initializers.DEFAULT, **kwargs):
         kwargs.setdefault("autocast", False)  # the casts are explicit, per half
         super().__init__(**kwargs)
         self.latent_size = int(latent_size)
         self.mean_dtype, self.logvar_dtype = _check_dtype(mean_dtype), _check_dtype(logvar_dtype)
         self.float32_weight_gradients = bool(float32_weight_gradients)
+        self.init = initializers.check_init(init)
 
     def build(self, input_shape):
-        self.kernel = self.add_weight(autocast=False, name="kernel", shape=(int(input_shape[-1]), 2 * self.latent_size),
-                                      initializer=keras.initializers.HeNormal())
-        self.bias = self.add_weight(autocast=False, name="bias", shape=(2 * self.latent_size,), initializer="zeros")
+        # The release's two nn.Linear (mean, log-variance) share fan_in: one kernel draws as both.
+        shape = (int(input_shape[-1]), 2 * self.latent_size)
+        self.kernel = self.add_weight(autocast=False, name="kernel", shape=shape,
+                                      initializer=initializers.kernel(self.init, "dense"))
+        self.bias = self.add_weight(autocast=False, name="bias", shape=(2 * self.latent_size,),
+                                    initializer=initializers.bias(self.init, shape))
 
     def _affine(self, h, kernel, bias, dtype):
         out = layers.matmul(h, kernel, dtype, self.float32_weight_gradients) + tf.cast(bias, dtype)
@@ -64,7 +69,8 @@ class GaussianHead(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "latent_size": self.latent_size, "mean_dtype": self.mean_dtype,
-                "logvar_dtype": self.logvar_dtype, "float32_weight_gradients": self.float32_weight_gradients}
+                "logvar_dtype": self.logvar_dtype, "float32_weight_gradients": self.float32_weight_gradients,
+                "init": self.init}
 
 
 @keras.saving.register_keras_serializable(package="tfvamp")
@@ -77,11 +83,13 @@ class ImageHead(keras.layers.Layer):
     `autoregressive=True` (conv mode, PixelHVAE) masks the 1x1 kernel so that image channel c's
     parameters see only the features of channel groups <= c (`layers.pixelcnn_head_mask`).
     The matmul runs in the layer's compute dtype (`mixed_bfloat16`: bfloat16); the parameter
-    maps are float32.
+    maps are float32. `init`: `tfvamp.initializers` (a dense head draws as an nn.Linear, a conv
+    head as an nn.Conv2d); `release_bias=False` starts the bias at zero under `release`, for the
+    release's bias-free heads (PixelHVAE's discretized logistic).
     """
 
     def __init__(self, likelihood, image_shape, conv=False, autoregressive=False, float32_weight_gradients=False,
-                 **kwargs):
+                 init=initializers.DEFAULT, release_bias=True, **kwargs):
         kwargs.setdefault("autocast", False)  # the casts are explicit
         super().__init__(**kwargs)
         self.float32_weight_gradients = bool(float32_weight_gradients)
@@ -92,14 +100,17 @@ class ImageHead(keras.layers.Layer):
         if self.autoregressive and not self.conv:
             raise ValueError("An autoregressive ImageHead is a 1x1 convolution: pass conv=True.")
         self.num_params = likelihoods.num_params(likelihood)
+        self.init = initializers.check_init(init)
+        self.release_bias = bool(release_bias)
 
     def build(self, input_shape):
         channels = self.image_shape[-1]
         width = channels if self.conv else int(np.prod(self.image_shape))
-        self.kernel = self.add_weight(autocast=False, name="kernel",
-                                      shape=(int(input_shape[-1]), self.num_params * width),
-                                      initializer=keras.initializers.HeNormal())
-        self.bias = self.add_weight(autocast=False, name="bias", shape=(self.num_params * width,), initializer="zeros")
+        shape = (int(input_shape[-1]), self.num_params * width)  # a 1x1 conv's fan_in is its input channels
+        self.kernel = self.add_weight(autocast=False, name="kernel", shape=shape,
+                                      initializer=initializers.kernel(self.init, "conv" if self.conv else "dense"))
+        self.bias = self.add_weight(autocast=False, name="bias", shape=(self.num_params * width,),
+                                    initializer=initializers.bias(self.init, shape, self.release_bias))
         self._mask = (tf.constant(layers.pixelcnn_head_mask(int(input_shape[-1]), channels, self.num_params))
                       if self.autoregressive else None)
 
@@ -154,4 +165,5 @@ class ImageHead(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "likelihood": self.likelihood, "image_shape": self.image_shape,
                 "conv": self.conv, "autoregressive": self.autoregressive,
-                "float32_weight_gradients": self.float32_weight_gradients}
+                "float32_weight_gradients": self.float32_weight_gradients, "init": self.init,
+                "release_bias": self.release_bias}

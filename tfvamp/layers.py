@@ -20,6 +20,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfvamp import initializers
+
 
 def matmul(x, kernel, dtype, float32_weight_gradient=False):
     """`x @ kernel` computed in `dtype` (x `[N, F]` any float dtype, kernel the float32 `[F, U]`),
@@ -94,12 +96,6 @@ def _explicit_casts(kwargs):
     return kwargs
 
 
-def _he_normal():
-    # The release initialises every weight with He et al.'s normal (fan-in, gain sqrt(2));
-    # Keras' truncated form keeps that variance. Seeded through keras.utils.set_random_seed.
-    return keras.initializers.HeNormal()
-
-
 @keras.saving.register_keras_serializable(package="tfvamp")
 class GatedDense(keras.layers.Layer):
     """Gated dense layer: `Linear(x) * sigmoid(Linear_gate(x))`.
@@ -111,21 +107,21 @@ class GatedDense(keras.layers.Layer):
     Input `[..., in_features]` -> output `[..., units]`.
     """
 
-    def __init__(self, units, float32_weight_gradients=False, **kwargs):
+    def __init__(self, units, float32_weight_gradients=False, init=initializers.DEFAULT, **kwargs):
         super().__init__(**_explicit_casts(kwargs))
         if int(units) < 1:
             raise ValueError(f"GatedDense needs units >= 1, got {units}.")
         self.units = int(units)
         self.float32_weight_gradients = bool(float32_weight_gradients)
+        self.init = initializers.check_init(init)
 
     def build(self, input_shape):
-        in_features = int(input_shape[-1])
-        self.kernel = self.add_weight(autocast=False, name="kernel", shape=(in_features, self.units),
-                                      initializer=_he_normal())
-        self.bias = self.add_weight(autocast=False, name="bias", shape=(self.units,), initializer="zeros")
-        self.gate_kernel = self.add_weight(autocast=False, name="gate_kernel", shape=(in_features, self.units),
-                                           initializer=_he_normal())
-        self.gate_bias = self.add_weight(autocast=False, name="gate_bias", shape=(self.units,), initializer="zeros")
+        shape = (int(input_shape[-1]), self.units)
+        for prefix in ("", "gate_"):  # kernel, bias, then the gate's: the checkpoint's order
+            setattr(self, prefix + "kernel", self.add_weight(
+                autocast=False, name=prefix + "kernel", shape=shape, initializer=initializers.kernel(self.init, "dense")))
+            setattr(self, prefix + "bias", self.add_weight(
+                autocast=False, name=prefix + "bias", shape=(self.units,), initializer=initializers.bias(self.init, shape)))
 
     def _linear(self, x, kernel, bias, dtype):
         if x.shape.rank == 2:
@@ -150,7 +146,7 @@ class GatedDense(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "units": self.units,
-                "float32_weight_gradients": self.float32_weight_gradients}
+                "float32_weight_gradients": self.float32_weight_gradients, "init": self.init}
 
 
 def _pad(x, padding):
@@ -187,20 +183,22 @@ class GatedConv2D(keras.layers.Layer):
     H' = floor((H + 2 * padding - kernel_size) / strides) + 1.
     """
 
-    def __init__(self, filters, kernel_size, strides=1, padding=None, **kwargs):
+    def __init__(self, filters, kernel_size, strides=1, padding=None, init=initializers.DEFAULT, **kwargs):
         super().__init__(**_explicit_casts(kwargs))
         self.filters = int(filters)
         self.kernel_size = int(kernel_size)
         self.strides = int(strides)
         self.padding = (self.kernel_size // 2) if padding is None else int(padding)
+        self.init = initializers.check_init(init)
 
     def build(self, input_shape):
         shape = (self.kernel_size, self.kernel_size, int(input_shape[-1]), self.filters)
         # Separate value and gate kernels, as in GatedDense (conv + bias fuse in oneDNN).
-        self.kernel = self.add_weight(autocast=False, name="kernel", shape=shape, initializer=_he_normal())
-        self.bias = self.add_weight(autocast=False, name="bias", shape=(self.filters,), initializer="zeros")
-        self.gate_kernel = self.add_weight(autocast=False, name="gate_kernel", shape=shape, initializer=_he_normal())
-        self.gate_bias = self.add_weight(autocast=False, name="gate_bias", shape=(self.filters,), initializer="zeros")
+        for prefix in ("", "gate_"):
+            setattr(self, prefix + "kernel", self.add_weight(
+                autocast=False, name=prefix + "kernel", shape=shape, initializer=initializers.kernel(self.init, "conv")))
+            setattr(self, prefix + "bias", self.add_weight(
+                autocast=False, name=prefix + "bias", shape=(self.filters,), initializer=initializers.bias(self.init, shape)))
 
     def forward(self, x, dtype):
         """The layer computed in `dtype` (float32 or bfloat16), whatever its policy."""
@@ -217,7 +215,7 @@ class GatedConv2D(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
-                "strides": self.strides, "padding": self.padding}
+                "strides": self.strides, "padding": self.padding, "init": self.init}
 
 
 def channel_groups(num_channels, num_groups):
@@ -313,7 +311,7 @@ class MaskedConv2D(keras.layers.Layer):
     """
 
     def __init__(self, mask_type, filters, kernel_size=3, use_bias=False, num_groups=1,
-                 num_conditioning_channels=0, **kwargs):
+                 num_conditioning_channels=0, init=initializers.DEFAULT, **kwargs):
         super().__init__(**_explicit_casts(kwargs))
         if mask_type not in ("A", "B"):
             raise ValueError(f"mask_type must be 'A' or 'B', got {mask_type!r}.")
@@ -325,6 +323,7 @@ class MaskedConv2D(keras.layers.Layer):
         self.use_bias = bool(use_bias)
         self.num_groups = int(num_groups)
         self.num_conditioning_channels = int(num_conditioning_channels)
+        self.init = initializers.check_init(init)
         channel_groups(self.filters, self.num_groups)  # refuse bad groupings now, not at build
 
     def build(self, input_shape):
@@ -332,10 +331,12 @@ class MaskedConv2D(keras.layers.Layer):
         # Built first so that a bad channel split fails before any weight is made.
         mask = pixelcnn_mask(self.kernel_size, self.mask_type, c_in, self.filters, self.num_groups,
                              self.num_conditioning_channels)
-        self.kernel = self.add_weight(
-            autocast=False, name="kernel", shape=(self.kernel_size, self.kernel_size, c_in, self.filters),
-            initializer=_he_normal())
-        self.bias = (self.add_weight(autocast=False, name="bias", shape=(self.filters,), initializer="zeros")
+        shape = (self.kernel_size, self.kernel_size, c_in, self.filters)
+        # The whole kernel is drawn, then masked in call (as PyTorch's masked convolutions do).
+        self.kernel = self.add_weight(autocast=False, name="kernel", shape=shape,
+                                      initializer=initializers.kernel(self.init, "conv"))
+        self.bias = (self.add_weight(autocast=False, name="bias", shape=(self.filters,),
+                                     initializer=initializers.bias(self.init, shape))
                      if self.use_bias else None)
         self._mask = tf.constant(mask)
 
@@ -349,4 +350,5 @@ class MaskedConv2D(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "mask_type": self.mask_type, "filters": self.filters,
                 "kernel_size": self.kernel_size, "use_bias": self.use_bias,
-                "num_groups": self.num_groups, "num_conditioning_channels": self.num_conditioning_channels}
+                "num_groups": self.num_groups, "num_conditioning_channels": self.num_conditioning_channels,
+                "init": self.init}

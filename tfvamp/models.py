@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfvamp import estimator
+from tfvamp import initializers
 from tfvamp import layers as tl
 from tfvamp import likelihoods
 from tfvamp import noise
@@ -71,23 +72,25 @@ def _reparameterize(mean, logvar, num_samples, noise_fn):
 # The Sequential stacks below are part of the checkpoint format (their variables are saved
 # under `<name>/_functional/_operations/<i>`): keep their layer lists as they are. Precision
 # only sets each layer's dtype policy (float32 variables either way).
-def _mlp(units, name, flatten=False, dtype=None, first_dtype=None, float32_weight_gradients=False):
+def _mlp(units, name, flatten=False, dtype=None, first_dtype=None, float32_weight_gradients=False,
+         init=initializers.DEFAULT):
     """Gated MLP stack; `flatten` first turns images `[N, H, W, C]` into `[N, H*W*C]`.
 
     `first_dtype` (default `dtype`): the Keras dtype policy of the first layer (and the flatten).
+    `init`: `tfvamp.initializers`.
     """
     first_dtype = first_dtype or dtype
     stack = [keras.layers.Flatten(dtype=first_dtype)] if flatten else []
-    stack += [tl.GatedDense(u, dtype=first_dtype if i == 0 else dtype,
+    stack += [tl.GatedDense(u, dtype=first_dtype if i == 0 else dtype, init=init,
                             float32_weight_gradients=float32_weight_gradients) for i, u in enumerate(units)]
     return keras.Sequential(stack, name=name)
 
 
-def _conv_stack(specs, name, dtype=None, first_dtype=None):
+def _conv_stack(specs, name, dtype=None, first_dtype=None, init=initializers.DEFAULT):
     """Gated convolutions from (filters, kernel, stride) triples, then flatten; `first_dtype`
     (default `dtype`) is the first convolution's dtype policy."""
     dtypes = [first_dtype or dtype] + [dtype] * (len(specs) - 1)
-    stack = [tl.GatedConv2D(f, k, s, padding=k // 2, dtype=d) for (f, k, s), d in zip(specs, dtypes)]
+    stack = [tl.GatedConv2D(f, k, s, padding=k // 2, dtype=d, init=init) for (f, k, s), d in zip(specs, dtypes)]
     return keras.Sequential(stack + [keras.layers.Flatten(dtype=dtype)], name=name)
 
 
@@ -121,14 +124,18 @@ class LatentVariableModel(keras.Model):
       compute_dtype: a mode of `tfvamp.precision`: 'float32', 'bfloat16' (hidden layers),
         'mixed' (the measured per-part policy), 'auto' (resolved here, on this machine's
         hardware: `get_config` holds the concrete mode), or 'bfloat16_except:PART,...'.
+      init: how the weights start, 'release' (the official PyTorch release's, layer type by
+        layer type) or 'keras' (truncated He normal, zero biases): `tfvamp.initializers`.
     """
 
     model_name = None
 
     def __init__(self, image_shape, prior="vampprior", likelihood="bernoulli", num_components=500,
                  z1_size=40, z2_size=40, pseudo_inputs_mean=0.05, pseudo_inputs_std=0.01,
-                 pseudo_inputs_data=None, seed=None, compute_dtype="float32", **kwargs):
+                 pseudo_inputs_data=None, seed=None, compute_dtype="float32", init=initializers.DEFAULT,
+                 **kwargs):
         super().__init__(**kwargs)
+        self.init_scheme = initializers.check_init(init)
         # Which parts compute in bfloat16 (float32 variables in every mode; densities float32).
         self.compute_dtype_name = (precision.resolve(compute_dtype).mode if compute_dtype == "auto"
                                    else precision.check_mode(compute_dtype, allow_auto=False))
@@ -231,16 +238,17 @@ class LatentVariableModel(keras.Model):
     def _mlp(self, units, name, flatten=False, reads_data=False):
         """A gated MLP in the hidden dtype; `reads_data`: its first layer is `first_layer`'s."""
         return _mlp(units, name, flatten, self.hidden_dtype, self.first_layer_dtype if reads_data else None,
-                    self.float32_weight_gradients)
+                    self.float32_weight_gradients, self.init_scheme)
 
     def _gaussian_head(self, size, name):
         return GaussianHead(size, mean_dtype=self.precision.dtype("mean_heads"),
                             logvar_dtype=self.precision.dtype("variance_heads"),
-                            float32_weight_gradients=self.float32_weight_gradients, name=name, dtype="float32")
+                            float32_weight_gradients=self.float32_weight_gradients, name=name, dtype="float32",
+                            init=self.init_scheme)
 
     def _image_head(self, **kwargs):
         return ImageHead(self.likelihood_name, self.image_shape, name="p_x_head", dtype=self.precision.keras(
-            "output_layer"), float32_weight_gradients=self.float32_weight_gradients, **kwargs)
+            "output_layer"), float32_weight_gradients=self.float32_weight_gradients, init=self.init_scheme, **kwargs)
 
     def _join(self, *features):
         """Features `[N, F_i]` concatenated for a hidden layer, in the hidden compute dtype (a
@@ -399,12 +407,13 @@ class LatentVariableModel(keras.Model):
                 "z1_size": self.z1_size, "z2_size": self.z2_size,
                 "pseudo_inputs_mean": self.pseudo_inputs_mean,
                 "pseudo_inputs_std": self.pseudo_inputs_std, "seed": self.seed,
-                "compute_dtype": self.compute_dtype_name}
+                "compute_dtype": self.compute_dtype_name, "init": self.init_scheme}
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
         config["image_shape"] = tuple(config["image_shape"])
+        config.setdefault("init", initializers.LEGACY)  # saved before `init` existed
         return cls(**config)
 
 
@@ -610,9 +619,10 @@ class ConvHVAE(HVAE):
     def _build_encoders(self):
         flat = _conv_flat_size(self.image_shape)
         dtype, first = self.hidden_dtype, self.first_layer_dtype
-        self.q_z2 = _conv_stack([(32, 7, 1), (32, 3, 2), (64, 5, 1), (64, 3, 2), (6, 3, 1)], "q_z2", dtype, first)
+        self.q_z2 = _conv_stack([(32, 7, 1), (32, 3, 2), (64, 5, 1), (64, 3, 2), (6, 3, 1)], "q_z2", dtype, first,
+                                self.init_scheme)
         self.q_z1_x = _conv_stack([(32, 3, 1), (32, 3, 2), (64, 3, 1), (64, 3, 2), (6, 3, 1)], "q_z1_x", dtype,
-                                  first)
+                                  first, self.init_scheme)
         self.q_z1_z2 = self._mlp([flat], "q_z1_z2")
 
     def _build_decoder(self):
@@ -620,7 +630,8 @@ class ConvHVAE(HVAE):
         self.p_x_z2 = self._mlp([HIDDEN], "p_x_z2")
         self.p_x_joint = self._mlp([self.num_pixels], "p_x_joint")
         self.p_x_convs = keras.Sequential(
-            [tl.GatedConv2D(64, 3, 1, padding=1, dtype=self.hidden_dtype) for _ in range(4)], name="p_x_convs")
+            [tl.GatedConv2D(64, 3, 1, padding=1, dtype=self.hidden_dtype, init=self.init_scheme) for _ in range(4)],
+            name="p_x_convs")
         self.p_x_head = self._image_head(conv=True)
 
     def _decoder_features(self, z1, z2, x=None, training=False):
@@ -655,13 +666,16 @@ class PixelHVAE(ConvHVAE):
         for i in range(8):
             pixelcnn += [tl.MaskedConv2D("A" if i == 0 else "B", 64, 3, num_groups=channels,
                                          num_conditioning_channels=2 * channels if i == 0 else 0,
-                                         dtype=self.first_layer_dtype if i == 0 else self.hidden_dtype),
+                                         dtype=self.first_layer_dtype if i == 0 else self.hidden_dtype,
+                                         init=self.init_scheme),
                          # Synchronised across replicas so that statistics are the global batch's.
                          keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=True,
                                                          dtype=self.hidden_dtype),
                          keras.layers.ReLU(dtype=self.hidden_dtype)]
         self.pixelcnn = keras.Sequential(pixelcnn, name="pixelcnn")
-        self.p_x_head = self._image_head(conv=True, autoregressive=True)
+        # The release's PixelHVAE heads have a bias for Bernoulli logits only.
+        self.p_x_head = self._image_head(conv=True, autoregressive=True,
+                                         release_bias=self.likelihood_name == "bernoulli")
 
     def _latent_maps(self, z1, z2):
         shape = tf.concat([tf.shape(z1)[:1], self.image_shape], 0)
@@ -706,7 +720,8 @@ def model_class(model_name):
     return _MODEL_CLASSES[model_name]
 
 
-_BUILD_OPTIONS = ("pseudo_inputs_data", "pseudo_inputs_mean", "pseudo_inputs_std", "seed", "compute_dtype", "name")
+_BUILD_OPTIONS = ("pseudo_inputs_data", "pseudo_inputs_mean", "pseudo_inputs_std", "seed", "compute_dtype", "init",
+                  "name")
 
 
 def build_model(model_name, prior, input_shape, likelihood, num_components=500, z1_size=40,
@@ -721,7 +736,8 @@ def build_model(model_name, prior, input_shape, likelihood, num_components=500, 
       num_components: K pseudo-inputs / mixture components.
       z1_size, z2_size: latent sizes.
       **options: `pseudo_inputs_data` (required by `vampprior_data`), `pseudo_inputs_mean`,
-        `pseudo_inputs_std`, `seed`, `compute_dtype`, `name` (see `LatentVariableModel`).
+        `pseudo_inputs_std`, `seed`, `compute_dtype`, `init` ('release', the default, or
+        'keras'), `name` (see `LatentVariableModel`).
 
     Returns:
       A `LatentVariableModel`.

@@ -40,6 +40,7 @@ def check_resume(model_dir, config):
     if not os.path.exists(path):
         return
     old = checkpointing.load_config(model_dir)
+    old = dict(old, init=checkpointing.stored_init(old))
     keys = checkpointing.MODEL_KEYS + ("dataset",)
     diff = {k: (old.get(k), config.get(k)) for k in keys
             if json.loads(json.dumps(old.get(k))) != json.loads(json.dumps(config.get(k)))}
@@ -47,6 +48,19 @@ def check_resume(model_dir, config):
         changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items()))
         raise RunError(f"{model_dir} holds a run with different settings ({changes}). Use a new --model_dir "
                        "for a new run; the same settings resume the old one.")
+
+
+def keep_run_init(model_dir, config):
+    """The config a resumed run trains with: the initialisation it started with (`keras` for runs
+    from before --init existed). Only a new run's first weights depend on it."""
+    path = os.path.join(model_dir, checkpointing.CONFIG_FILE)
+    if not os.path.exists(path):
+        return config
+    stored = checkpointing.stored_init(checkpointing.load_config(model_dir))
+    if stored != config.get("init"):
+        print(f"Resumed run: it started with --init={stored} ({checkpointing.CONFIG_FILE}), which it keeps.",
+              flush=True)
+    return dict(config, init=stored)
 
 
 def keep_run_precision(model_dir, config):
@@ -257,6 +271,7 @@ def run(config, strategy=None, splits=None, pseudo_inputs_data=None):
     strategy = strategy or distribute.make_strategy(config["strategy"])  # first: before any TF op
     model_dir = config["model_dir"]
     is_chief = distribute.task_info(strategy)[2]
+    config = keep_run_init(model_dir, config)
     check_resume(model_dir, config)
     config = keep_run_precision(model_dir, config)
     print(describe_precision(config), flush=True)
