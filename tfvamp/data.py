@@ -39,6 +39,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfvamp import image_sources
+from tfvamp import prepared as prepared_sources
 from tfvamp.datasets.errors import DataError  # re-exported: tfvamp.data.DataError
 from tfvamp.datasets.facts import MANUAL_DIR_ENV, PAPER_DATASETS, SPLITS
 from tfvamp.image_sources import SourceOptions
@@ -68,6 +69,10 @@ class DatasetInfo:
       builder_name: the TFDS builder of a paper dataset, e.g. 'tfvamp_static_mnist' (None for yours).
       pixels: how stored pixels become what the model sees (`tfvamp.datasets.facts.PIXELS`).
       carved: the splits cut from the training images (your images without their own).
+      storage: how your images are read: 'memory' (held as arrays) or 'streamed' (from the
+        prepared shards, `tfvamp.prepared`); paper datasets are held in memory.
+      notes: what reading your images converted or ignored (alpha channels, 16-bit images,
+        extra .npz arrays); skipped: files left out by --skip_unreadable.
     """
 
     name: str
@@ -80,6 +85,9 @@ class DatasetInfo:
     builder_name: str | None
     pixels: str = "binary"
     carved: tuple = ()
+    storage: str = "memory"
+    notes: tuple = ()
+    skipped: tuple = ()
 
     @property
     def num_pixels(self) -> int:
@@ -103,12 +111,12 @@ def get_info(name: str, options: SourceOptions | None = None) -> DatasetInfo:
                              "split fractions are for your own images (folder:, array:, tfds:).")
         return _INFOS[name]
     if image_sources.is_source(name):
-        return _source_info(image_sources.open_source(name, options or SourceOptions()), options or SourceOptions())
+        return _source(name, options or SourceOptions()).info
     raise ValueError(f"unknown dataset {name!r}; use one of {', '.join(NAMES)}, or your images as folder:PATH, "
                      "array:PATH (.npy/.npz) or tfds:NAME")
 
 
-def _source_info(image_set, options):
+def _source_info(image_set, options, **extra):
     binarize = options.binarize if not image_set.binary else "none"
     binary = image_set.binary or binarize != "none"
     pixels = "binary" if image_set.binary else ("grey_255" if binary else "bins")
@@ -117,7 +125,53 @@ def _source_info(image_set, options):
     std = float(max(train.std() / 10.0, 1e-3))
     return DatasetInfo(image_set.name, image_set.image_shape, "bernoulli" if binary else "discretized_logistic",
                        mean, std, {s: int(len(v)) for s, v in image_set.splits.items()}, binarize == "dynamic",
-                       None, pixels, image_set.carved)
+                       None, pixels, image_set.carved, notes=tuple(image_set.notes), **extra)
+
+
+def in_memory_limit() -> int:
+    """Sources whose pixels (uint8, all splits) take at most this many bytes are held in memory
+    (faster per step); larger ones stream from their shards. $TFVAMP_IN_MEMORY_MB, default 512."""
+    return int(float(os.environ.get("TFVAMP_IN_MEMORY_MB", "512")) * (1 << 20))
+
+
+class _SourceData(NamedTuple):
+    """Your images, prepared: `info`, and either `image_set` (in memory) or `prepared` (streamed)."""
+
+    info: DatasetInfo
+    image_set: image_sources.ImageSet | None
+    prepared: prepared_sources.Prepared
+
+
+_SOURCES: dict = {}
+
+
+def _source(name: str, options: SourceOptions) -> _SourceData:
+    """A `folder:` / `array:` / `tfds:` source, prepared once on disk (`tfvamp.prepared`) and, when
+    small enough, read into memory; once per process."""
+    key = (name, options)
+    if key not in _SOURCES:
+        prepared = prepared_sources.prepare(name, options)
+        meta = prepared.meta
+        carved = tuple(s for s in SPLITS if meta["splits"][s]["carved"])
+        skipped = tuple(meta.get("skipped", ()))
+        notes = tuple(meta.get("notes", ()))
+        if prepared.nbytes <= in_memory_limit():
+            arrays = {s: prepared_sources.read_split(prepared, s) for s in SPLITS}
+            image_set = image_sources.ImageSet(name, arrays, prepared.binary, carved, notes)
+            info = _source_info(image_set, options, skipped=skipped)
+        else:
+            image_set = None
+            binarize = options.binarize if not prepared.binary else "none"
+            binary = prepared.binary or binarize != "none"
+            pixels = "binary" if prepared.binary else ("grey_255" if binary else "bins")
+            mean, std = prepared_sources.pixel_statistics(prepared, pixels)
+            info = DatasetInfo(name, prepared.image_shape, "bernoulli" if binary else "discretized_logistic",
+                               float(np.clip(mean, 0.01, 0.99)), float(max(std / 10.0, 1e-3)),
+                               {s: prepared.count(s) for s in SPLITS}, binarize == "dynamic", None,
+                               "binary" if binarize == "static" else pixels, carved, "streamed", notes, skipped)
+        _SOURCES.clear()  # one source at a time: a second one should not keep the first's arrays alive
+        _SOURCES[key] = _SourceData(info, image_set, prepared)
+    return _SOURCES[key]
 
 
 class Splits(NamedTuple):
@@ -387,22 +441,28 @@ class _Store(NamedTuple):
 
     name: str
     info: DatasetInfo
-    stored: Callable[[str], np.ndarray]
+    stored: Callable[[str], np.ndarray] | None
     key: tuple
+    prepared: prepared_sources.Prepared | None = None  # a streamed source (then `stored` is None)
+    options: SourceOptions | None = None
 
 
 def _store(name, data_dir, manual_dir, options):
-    info = get_info(name, options)
     if image_sources.is_source(name):
         options = options or SourceOptions()
         if options.data_dir is None and data_dir is not None:
             options = dataclasses.replace(options, data_dir=data_dir)
-        image_set = image_sources.open_source(name, options)
+        source = _source(name, options)
+        info = source.info
+        if source.image_set is None:
+            return _Store(name, info, None, (name, options), source.prepared, options)
+        image_set = source.image_set
         stored = image_set.splits.__getitem__
         if options.binarize == "static" and info.likelihood == "bernoulli" and not image_set.binary:
             stored = _statically_binarized(image_set)
             info = dataclasses.replace(info, pixels="binary")
         return _Store(name, info, stored, (name, options))
+    info = get_info(name, options)
     builder = _prepared_builder(name, data_dir, manual_dir)
     return _Store(name, info, lambda split: _read_split(builder, name, split), (str(builder.data_path),))
 
@@ -420,6 +480,10 @@ def _splits(store, batch_size, eval_batch_size, seed, shuffle_train, drop_remain
     batch_size = _positive_int("batch_size", batch_size)
     eval_batch_size = _positive_int("eval_batch_size", eval_batch_size or batch_size)
     seed = _seed(seed)
+    if store.prepared is not None:
+        from tfvamp import streaming  # pylint: disable=import-outside-toplevel
+
+        return streaming.splits(store, batch_size, eval_batch_size, seed, drop_remainder, max_steps_per_epoch)
     stored_train = store.stored("train")
     if drop_remainder and batch_size > len(stored_train):
         raise ValueError(f"batch_size={batch_size} is larger than the {len(stored_train)} training "
@@ -509,6 +573,10 @@ def _preprocessed(store, split: str) -> np.ndarray:
 
     Read-only (cached) for validation/test.
     """
+    if store.prepared is not None:
+        from tfvamp import streaming  # pylint: disable=import-outside-toplevel
+
+        return np.concatenate(list(streaming.evaluation(store, split, 4096).as_numpy_iterator()))
     if split == "train":
         return _unit_numpy(store.info.pixels, store.stored(split))
     return _cached(store.key + (split, "preprocessed"), lambda: _evaluation_images(store, split))
