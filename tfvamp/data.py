@@ -242,8 +242,12 @@ def load_split(name: str, split: str, batch_size: int, *, data_dir=None, manual_
     if split not in ("validation", "test"):
         raise ValueError(f"load_split takes 'validation' or 'test', got {split!r}; training batches come from load.")
     store = _store(name, data_dir, manual_dir, options)
-    x = _preprocessed(store, split)
     batch_size = _positive_int("batch_size", batch_size)
+    if store.prepared is not None:
+        from tfvamp import streaming  # pylint: disable=import-outside-toplevel
+
+        return streaming.evaluation(store, split, batch_size)
+    x = _preprocessed(store, split)
     return tf.data.Dataset.from_tensor_slices(x).batch(batch_size).prefetch(2).with_options(_OPTIONS)
 
 
@@ -264,6 +268,33 @@ def as_numpy(name: str, split: str, *, data_dir=None, manual_dir=None, seed: int
         raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
     x = _preprocessed(_store(name, data_dir, manual_dir, options), split)
     return x if x.flags.writeable else x.copy()  # never hand out the cached array
+
+
+class _StreamedRows:
+    """A streamed source's training images as `[N, H, W, C]` float32 rows, read on indexing by a
+    sorted index array (one pass over the shards): what a VampPrior initialised from data takes."""
+
+    def __init__(self, store):
+        self._store = store
+        self.shape = (store.info.num_examples["train"],) + tuple(store.info.input_shape)
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, rows):
+        stored = prepared_sources.read_rows(self._store.prepared, "train", np.asarray(rows))
+        if stored.dtype == np.uint8 and self._store.info.pixels in ("grey_255", "binary"):
+            stored = stored.astype(np.float32) / 255.0  # grey (binarised later) or statically binarised
+        return _unit_numpy("binary" if stored.dtype == np.float32 else self._store.info.pixels, stored)
+
+
+def training_images(name: str, *, data_dir=None, manual_dir=None, options: SourceOptions | None = None):
+    """The training split as the model sees it, for initialising pseudo-inputs from data: the
+    array of `as_numpy(name, 'train')`, or, for a streamed source, rows read when indexed."""
+    store = _store(name, data_dir, manual_dir, options)
+    if store.prepared is not None:
+        return _StreamedRows(store)
+    return as_numpy(name, "train", data_dir=data_dir, manual_dir=manual_dir, options=options)
 
 
 def available(*, data_dir=None, manual_dir=None) -> list[str]:

@@ -166,8 +166,11 @@ def prepare(spec, options, progress=True):
     try:
         os.makedirs(tmp)
         meta = _Preparation(spec, options, tmp, progress).run()
-        if os.path.exists(final):  # another process prepared it meanwhile (or a stale copy)
-            shutil.rmtree(final, ignore_errors=True)
+        found = find(spec, options)
+        if found:  # another process (a second worker) prepared it meanwhile: use theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+            return found
+        shutil.rmtree(final, ignore_errors=True)  # a stale, incomplete copy
         os.replace(tmp, final)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -389,16 +389,18 @@ def make_prior(name, latent_size, image_shape, num_components=500, pseudo_inputs
     if name == "mog":
         return MoGPrior(latent_size, num_components, seed=seed, name="prior")
     if pseudo_inputs_data is not None:
-        data = np.asarray(pseudo_inputs_data, dtype=np.float32)
-        if data.ndim != 4 or tuple(data.shape[1:]) != tuple(image_shape):
+        # An array, or anything with `shape` and rows by a sorted index array (a streamed
+        # source's training images, read only where chosen: tfvamp.data.training_images).
+        data = pseudo_inputs_data if hasattr(pseudo_inputs_data, "shape") else np.asarray(pseudo_inputs_data)
+        if len(data.shape) != 4 or tuple(data.shape[1:]) != tuple(image_shape):
             raise ValueError(f"pseudo_inputs_data must be images of shape (N, {', '.join(map(str, image_shape))}), "
-                             f"got {data.shape}.")
+                             f"got {tuple(data.shape)}.")
         if data.shape[0] < num_components:
             raise ValueError(f"pseudo_inputs_data has {data.shape[0]} images but num_components is "
                              f"{num_components}: give at least K images.")
         # A random subset, never "the first K" (those can all share one class).
         index = np.random.default_rng(seed).choice(data.shape[0], num_components, replace=False)
-        pseudo_inputs_data = data[np.sort(index)]
+        pseudo_inputs_data = np.asarray(data[np.sort(index)], dtype=np.float32)
     return VampPrior(latent_size, num_components, image_shape,
                      pseudo_inputs_mean=pseudo_inputs_mean, pseudo_inputs_std=pseudo_inputs_std,
                      pseudo_inputs_data=pseudo_inputs_data,

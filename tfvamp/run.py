@@ -111,8 +111,8 @@ def load_data(config):
     pseudo_inputs_data = None
     if priors.needs_training_images(config["prior"], config["pseudo_inputs_init"]):
         # All training images: the model draws K of them at random, seeded by --seed.
-        pseudo_inputs_data = data.as_numpy(config["dataset"], "train", data_dir=config["data_dir"],
-                                           manual_dir=config["manual_dir"], options=options)
+        pseudo_inputs_data = data.training_images(config["dataset"], data_dir=config["data_dir"],
+                                                  manual_dir=config["manual_dir"], options=options)
     return splits, pseudo_inputs_data
 
 
@@ -122,7 +122,9 @@ def describe_data(config, info):
             "num_examples": dict(info.num_examples), "carved_splits": list(getattr(info, "carved", ())),
             "carve_seed": image_sources.SPLIT_SEED if getattr(info, "carved", ()) else None,
             "pixels": getattr(info, "pixels", None), "likelihood": config["likelihood"],
-            "pseudo_inputs_init": [config["pseudo_inputs_mean"], config["pseudo_inputs_std"]]}
+            "pseudo_inputs_init": [config["pseudo_inputs_mean"], config["pseudo_inputs_std"]],
+            "storage": getattr(info, "storage", "memory"), "notes": list(getattr(info, "notes", ())),
+            "skipped_files": list(getattr(info, "skipped", ()))}
 
 
 def _print_data(section):
@@ -130,9 +132,19 @@ def _print_data(section):
     carved = (f" ({' and '.join(section['carved_splits'])} carved from the training images, seed "
               f"{section['carve_seed']})" if section["carved_splits"] else "")
     shape = "x".join(map(str, section["input_shape"]))
+    storage = ""
+    if section.get("storage") == "streamed":
+        storage = "; streamed from its prepared shards"
+    elif image_sources.is_source(section["dataset"]):
+        storage = "; held in memory"
+    skipped = section.get("skipped_files") or []
+    extra = "".join(f"; {note}" for note in section.get("notes") or [])
+    if skipped:
+        extra += (f"; skipped {len(skipped)} unreadable file(s) (--skip_unreadable): {', '.join(skipped[:3])}"
+                  + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""))
     print(f"Data: {section['dataset']}, {shape}, {sizes}{carved}; likelihood {section['likelihood']}; "
           f"pseudo-inputs start from N({section['pseudo_inputs_init'][0]:.3g}, "
-          f"{section['pseudo_inputs_init'][1]:.3g})", flush=True)
+          f"{section['pseudo_inputs_init'][1]:.3g}){storage}{extra}", flush=True)
 
 
 def evaluate_best(model, config, test_dataset, summary, num_test=None):

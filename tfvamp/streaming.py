@@ -97,26 +97,30 @@ def evaluation(store, split, batch_size):
 
 
 def training_epochs(store, batch_size, seed, first_epoch, max_steps=0, input_context=None):
-    """Training batches of every epoch from `first_epoch` on (module docstring). With an
-    `input_context` of n pipelines, this pipeline's shards and `batch_size / n` images a batch."""
+    """Training batches of every epoch from `first_epoch` on (module docstring).
+
+    With an `input_context` (`tf.distribute`'s `distribute_datasets_from_function`): batches of
+    the per-replica size, `steps x replicas per pipeline` of them an epoch, and with several
+    pipelines (workers) only this pipeline's shards, read round and round, so that every worker
+    makes the epoch's `steps` steps whatever its shards hold.
+    """
     prepared = store.prepared
     files = prepared.files("train")
-    count = prepared.count("train")
-    workers, worker = 1, 0
-    if input_context is not None and input_context.num_input_pipelines > 1:
-        workers, worker = input_context.num_input_pipelines, input_context.input_pipeline_id
-        if len(files) < workers:
-            raise ValueError(f"{len(files)} training shards cannot be split over {workers} workers; prepare the "
-                             f"source with more shards (tfvamp.prepared.MIN_TRAIN_SHARDS).")
-        if batch_size % workers:
-            raise ValueError(f"The global batch ({batch_size}) must divide over the {workers} workers.")
-        files = files[worker::workers]
-        count = sum(_shard_count(prepared, f) for f in files)
-        batch_size //= workers
-    steps = count // batch_size
+    steps = prepared.count("train") // batch_size
     steps = min(steps, int(max_steps)) if max_steps else steps
     if steps < 1:
-        raise ValueError(f"{count} training images give no full batch of {batch_size}.")
+        raise ValueError(f"{prepared.count('train')} training images give no full batch of {batch_size}.")
+    batches_per_epoch, repeat = steps, False
+    if input_context is not None:
+        workers, worker = input_context.num_input_pipelines, input_context.input_pipeline_id
+        local = input_context.get_per_replica_batch_size(batch_size)
+        batches_per_epoch = steps * (batch_size // local) // workers
+        batch_size = local
+        if workers > 1:
+            if len(files) < workers:
+                raise ValueError(f"{len(files)} training shards cannot be split over {workers} workers; prepare the "
+                                 "source with more shards (tfvamp.prepared.MIN_TRAIN_SHARDS).")
+            files, repeat = files[worker::workers], True
     parse = prepared_sources.parser(prepared)
     buffer = shuffle_buffer(prepared.image_bytes)
     names = tf.constant(files)
@@ -128,23 +132,17 @@ def training_epochs(store, batch_size, seed, first_epoch, max_steps=0, input_con
         records = shards.interleave(lambda f: tf.data.TFRecordDataset(f, buffer_size=1 << 20),
                                     cycle_length=min(CYCLE, len(files)), block_length=1,
                                     num_parallel_calls=min(CYCLE, len(files)), deterministic=True)
+        if repeat:
+            records = records.repeat()
         shuffle_seed = tf.random.stateless_uniform([], seed=key, minval=None, maxval=None, dtype=tf.int64)
-        records = records.shuffle(buffer, seed=shuffle_seed).batch(batch_size, drop_remainder=True).take(steps)
-        return tf.data.Dataset.zip((records, tf.data.Dataset.range(steps))).map(
+        records = records.shuffle(buffer, seed=shuffle_seed).batch(batch_size, drop_remainder=True)
+        records = records.take(batches_per_epoch)
+        return tf.data.Dataset.zip((records, tf.data.Dataset.range(batches_per_epoch))).map(
             lambda r, step: _to_model(store, "train", *parse(r), key=key, step=step),
             num_parallel_calls=2, deterministic=True)
 
     stream = tf.data.Dataset.range(int(first_epoch), 2 ** 62).flat_map(epoch_batches)
     return stream.prefetch(2).with_options(_options())
-
-
-def _shard_count(prepared, file):
-    name = os.path.basename(file)
-    index = prepared.meta["splits"]["train"]["shards"].index(name)
-    counts = prepared.meta["splits"]["train"].get("shard_counts")
-    if counts:
-        return int(counts[index])
-    return sum(1 for _ in tf.data.TFRecordDataset(file))
 
 
 def splits(store, batch_size, eval_batch_size, seed, drop_remainder=True, max_steps=0):

@@ -280,6 +280,7 @@ class Trainer:
         grads = self._replica_grads
         self._grads_fn = tf.function(grads, jit_compile=True) if self.jit_compile else grads
         self._train_step = tf.function(self._distributed_step)
+        self._train_step_per_replica = tf.function(self._distributed_step_per_replica)
         self._eval_step = tf.function(self._eval_batch, reduce_retracing=True)
 
     def _build_state(self, pseudo_inputs_data):
@@ -333,6 +334,19 @@ class Trainer:
         seed = tf.random.experimental.stateless_fold_in(self.noise_seed, self.optimizer.iterations)
         return self._grads_fn(x, seed, replica_id)
 
+    def _replica_step_own_rows(self, x):
+        """A step on this replica's own batch (streamed sources: each replica's input pipeline
+        gives it its rows), noise from the step's seed as in `_local_grads`."""
+        replica_id = tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group, tf.int32)
+        seed = tf.random.experimental.stateless_fold_in(self.noise_seed, self.optimizer.iterations)
+        grads, sums = self._grads_fn(x, seed, replica_id)
+        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+        return sums
+
+    def _distributed_step_per_replica(self, x_per_replica):
+        per_replica = self.strategy.run(self._replica_step_own_rows, (x_per_replica,))
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
     def _replica_step(self, x_global):
         grads, sums = self._local_grads(x_global)
         # Keras sums the gradients over replicas, then AdamNormGrad normalises and steps.
@@ -355,7 +369,11 @@ class Trainer:
         return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
     def train_step(self, x_global):
-        """Runs one step; returns the summed [loss, reconstruction, kl] over the global batch."""
+        """Runs one step; returns the summed [loss, reconstruction, kl] over the global batch.
+        `x_global`: the global batch, or (streamed sources on several replicas) a per-replica
+        value of each replica's rows."""
+        if isinstance(x_global, tf.distribute.DistributedValues):
+            return self._train_step_per_replica(x_global)
         x_global = tf.convert_to_tensor(x_global, tf.float32)
         if x_global.shape[0] != self.global_batch:
             raise ValueError(f"train_step takes global batches of {self.global_batch}, got {x_global.shape[0]}.")
@@ -535,6 +553,14 @@ class Trainer:
             num_train = int(splits.train.cardinality()) * self.global_batch
         return steps_per_epoch(num_train, self.global_batch, self.config["max_steps_per_epoch"])
 
+    def _epoch_stream(self, splits, first_epoch, steps):
+        """`epoch_stream`; for a streamed source on several replicas, each input pipeline (each
+        worker) reads its own shards (`tfvamp.streaming`) and feeds its replicas their rows."""
+        streamed = getattr(getattr(splits, "info", None), "storage", "memory") == "streamed"
+        if streamed and self.num_replicas > 1:
+            return self.strategy.distribute_datasets_from_function(lambda ctx: splits.epochs(first_epoch, ctx))
+        return epoch_stream(splits, first_epoch, steps)
+
     def fit(self, splits):
         """Trains on `splits` (train, validation) until `epochs`, early stopping or a NaN
         validation loss; resumes from the newest checkpoint. Returns a dict describing how
@@ -557,7 +583,7 @@ class Trainer:
         if start_epoch == 1:
             self._log_config(writer)
         steps = self.steps_per_epoch(splits)
-        batches = iter(epoch_stream(splits, start_epoch, steps))
+        batches = iter(self._epoch_stream(splits, start_epoch, steps))
         validation_images = self._validation_images(splits)
         reason, clock = "max_epochs", (time.perf_counter(), start_epoch)
         epoch = start_epoch
