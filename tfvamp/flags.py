@@ -192,6 +192,11 @@ def _check_values(config, skip=()):
         precision.check_mode(config["compute_dtype"])
     except ValueError as e:
         errors.append(f"--{e}")
+    if config["image_size"]:  # every source: a paper dataset refuses the flag later, your images read it
+        try:
+            image_sources.parse_image_size(config["image_size"])
+        except image_sources.DataError as e:
+            errors.append(str(e))
     if config["channels"] not in (0, 1, 3):
         errors.append(f"--channels must be 0 (as the files are), 1 (grey) or 3 (RGB), got {config['channels']!r}.")
     return errors

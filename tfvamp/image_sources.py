@@ -27,13 +27,24 @@ flag that overrides it (`SourceOptions`):
 * pseudo-input initialisation: N(pixel mean, pixel std / 10) of the training images (the
   release's values for the paper's datasets are of this size: Frey 0.5 / 0.02).
 
+* limits: a picture whose header declares more than `MAX_SOURCE_PIXELS` pixels is refused
+  before it is decoded (a decompression bomb, or far too large to train on), --image_size sides
+  are at most `MAX_IMAGE_SIDE`, and an .npy/.npz array whose header declares more bytes than the
+  file holds is refused before anything is allocated.
+* 16-bit grey files (mode I;16, and mode I with values above 255) are scaled to 8 bits as
+  round(v / 257); alpha channels (transparency) are dropped. Both are recorded as `notes` on the
+  `ImageSet`, with the files --skip_unreadable left out (`skipped`) and the extra arrays of an .npz.
+
 Every problem is a `DataError` raised before any training, naming the file or array, the
 problem and the fix.
 """
 import dataclasses
 import hashlib
 import io
+import math
 import os
+import warnings
+import zipfile
 
 import numpy as np
 
@@ -45,6 +56,9 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 SPLIT_SEED = 20180101
 BINARIZE = ("none", "dynamic", "static")
 RESIZE = ("resize", "crop")
+MAX_SOURCE_PIXELS = 50_000_000  # pixels (height x width) of one source picture, read from its header before decoding
+MAX_IMAGE_SIDE = 4096  # --image_size: each side at most this many pixels
+TAGS = ("alpha_dropped", "16bit_scaled")  # what `decode_image` may report about a file
 _CACHE = {}
 
 
@@ -65,14 +79,16 @@ class SourceOptions:
 @dataclasses.dataclass
 class ImageSet:
     """A source's images: `splits` maps split name to uint8 `[N, H, W, C]` (8-bit data) or
-    float32 in {0, 1} (binary data); `binary`, `carved` (splits cut from train), `notes` (what
-    was skipped or converted)."""
+    float32 in {0, 1} (binary data); `binary`, `carved` (splits cut from train), `notes` (short
+    texts: what was converted or ignored, e.g. dropped alpha channels, 16-bit files scaled, extra
+    .npz arrays) and `skipped` (the paths --skip_unreadable left out, in file order)."""
 
     name: str
     splits: dict
     binary: bool
     carved: tuple = ()
     notes: tuple = ()
+    skipped: tuple = ()
 
     @property
     def image_shape(self):
@@ -93,8 +109,8 @@ def open_source(spec, options=SourceOptions()):
             raise DataError(f"--dataset={spec!r} names no {kind}: write {kind}:PATH"
                             + ("" if kind != "tfds" else " (tfds:NAME or tfds:NAME/CONFIG)") + ".")
         reader = {"folder": _read_folder, "array": _read_array_file, "tfds": _read_tfds}[kind]
-        splits, notes = reader(target, options)
-        _CACHE[key] = _finish(spec, splits, options, notes)
+        splits, notes, skipped = reader(target, options)
+        _CACHE[key] = _finish(spec, splits, options, notes, skipped)
     return _CACHE[key]
 
 
@@ -113,39 +129,124 @@ def _read_folder(path, options):
                    if name.lower().endswith(IMAGE_EXTENSIONS))
     if not files:
         raise DataError(f"folder {path!r} holds no image files ({', '.join(IMAGE_EXTENSIONS)}), in it or below it.")
-    images, skipped = [], []
+    images, kept, skipped, tagged = [], [], [], {}
     for file in files:
         try:
-            images.append(_decode(file, options))
+            image, tags = decode_image(file, options)
         except DataError:
             if not options.skip_unreadable:
                 raise
             skipped.append(file)
+            continue
+        images.append(image)
+        kept.append(file)
+        for tag in tags:
+            tagged.setdefault(tag, []).append(file)
     if not images:
         raise DataError(f"folder {path!r}: none of its {len(files)} image files could be read.")
-    notes = (f"skipped {len(skipped)} unreadable file(s): {', '.join(skipped[:5])}",) if skipped else ()
-    kept = [f for f in files if f not in set(skipped)]
-    return {"train": _convert(_check_array(_stack(images, kept, options), path), path, options)}, notes
+    return ({"train": _convert(_check_array(_stack(images, kept, options), path), path, options)},
+            tag_notes({tag: tagged[tag] for tag in TAGS if tag in tagged}), tuple(skipped))
+
+
+def _some(names, shown=3):
+    """'a, b, c and 4 more'."""
+    names = [str(n) for n in names]
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def tag_notes(tagged):
+    """{tag: [file, ...]} of `decode_image` -> the `ImageSet` notes (short texts)."""
+    texts = {"alpha_dropped": "dropped the alpha channel (transparency) of {n} file(s): {files}",
+             "16bit_scaled": "scaled {n} 16-bit file(s) to 8 bits, round(v / 257): {files}"}
+    return tuple(texts[tag].format(n=len(files), files=_some(files)) for tag, files in tagged.items() if files)
 
 
 def _decode(file, options):
-    """One image file as uint8 `[H, W, C]` (C = 1 or 3, or as --channels says)."""
-    from PIL import Image, UnidentifiedImageError  # pylint: disable=import-outside-toplevel
+    """One image file as uint8 `[H, W, C]` (see `decode_image`)."""
+    return decode_image(file, options)[0]
+
+
+def decode_image(file, options=SourceOptions()):
+    """One image file -> (uint8 `[H, W, C]`, tags).
+
+    C is 1 or 3 as the file is, or as --channels says; --image_size / --resize applied. `tags` is
+    a frozenset of `TAGS`: "alpha_dropped" (the file's transparency was dropped), "16bit_scaled"
+    (16-bit grey values v were scaled to round(v / 257)). Raises DataError, naming the file and the
+    fix, for a file that cannot be read, and for one whose header declares more than
+    `MAX_SOURCE_PIXELS` pixels (refused before decoding: a decompression bomb, or far too large).
+    """
+    from PIL import Image  # pylint: disable=import-outside-toplevel
 
     try:
         with open(file, "rb") as f:
-            picture = Image.open(io.BytesIO(f.read()))
-            picture.load()
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+            raw = f.read()
+        with warnings.catch_warnings():  # MAX_SOURCE_PIXELS, below Pillow's warning threshold, is checked here
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            picture = Image.open(io.BytesIO(raw))  # lazy: reads the header only
+        _check_pixels(picture.height, picture.width, file)
+        picture.load()
+    except DataError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise DataError(f"{file} is refused unread: {e} Its header declares more than {MAX_SOURCE_PIXELS:,} pixels "
+                        "(a decompression bomb, or a picture far too large to train on). Fix: shrink it (e.g. to "
+                        "4096x4096 or less), remove it, or pass --skip_unreadable to leave such files out.") from None
+    except MemoryError:
+        raise DataError(f"{file} is too large to decode in this machine's memory. Fix: shrink it, remove it, or pass "
+                        "--skip_unreadable to leave such files out.") from None
+    except Exception as e:  # Pillow raises many kinds (OSError, SyntaxError, ValueError, struct.error, ...)
         raise DataError(f"{file} cannot be read as an image ({type(e).__name__}: {e}); it may be truncated or not "
                         "an image. Fix: remove it, or pass --skip_unreadable to leave such files out.") from None
+    try:
+        return _picture_to_array(picture, file, options)
+    except DataError:
+        raise
+    except Exception as e:  # a mode Pillow cannot convert, ...
+        raise DataError(f"{file} cannot be converted to 8-bit grey or RGB ({type(e).__name__}: {e}; mode "
+                        f"{picture.mode}). Fix: save it as an 8-bit PNG, remove it, or pass --skip_unreadable to "
+                        "leave such files out.") from None
+
+
+def _picture_to_array(picture, file, options):
+    tags = set()
+    if picture.has_transparency_data:
+        tags.add("alpha_dropped")
+    if picture.mode.startswith("I;16") or picture.mode == "I":
+        picture, scaled = _to_8_bits(picture, file)
+        if scaled:
+            tags.add("16bit_scaled")
     grey = picture.mode in ("1", "L", "LA", "I", "I;16", "F") or (
         picture.mode == "P" and all(c[0] == c[1] == c[2] for c in picture.convert("RGB").getcolors(1 << 24) or []))
     channels = options.channels or (1 if grey else 3)
     picture = picture.convert("L" if channels == 1 else "RGB")
     picture = _to_size(picture, file, options)
     array = np.asarray(picture, np.uint8)
-    return array[..., None] if array.ndim == 2 else array
+    return (array[..., None] if array.ndim == 2 else array), frozenset(tags)
+
+
+def _check_pixels(height, width, file):
+    if height * width > MAX_SOURCE_PIXELS:
+        raise DataError(f"{file} is refused unread: its header declares {height}x{width} = {height * width:,} pixels, "
+                        f"more than the {MAX_SOURCE_PIXELS:,} (MAX_SOURCE_PIXELS) a source picture may have (a "
+                        "decompression bomb, or far too large to train on). Fix: shrink it (e.g. to 4096x4096 or "
+                        "less), remove it, or pass --skip_unreadable to leave such files out.")
+
+
+def _to_8_bits(picture, file):
+    """A 16-bit grey picture (mode I;16*, or mode I with values above 255) as mode L, v -> round(v / 257);
+    (picture, True) when scaled, (picture, False) for mode I within 0..255 (read as today)."""
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+
+    values = np.asarray(picture).astype(np.int64)
+    if picture.mode == "I":
+        low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
+        if low < 0 or high > 65535:
+            raise DataError(f"{file} holds 32-bit integer pixels in [{low}, {high}], outside 8 or 16 bits (0..65535). "
+                            "Fix: save it as an 8-bit or 16-bit image, or remove it (or pass --skip_unreadable).")
+        if high <= 255:
+            return picture, False
+    return Image.fromarray(((values + 128) // 257).astype(np.uint8), "L"), True  # (v + 128) // 257 == round(v / 257)
 
 
 def _to_size(picture, file, options):
@@ -178,18 +279,102 @@ def _stack(images, files, options):
     return np.stack(images)
 
 
+_RESAVE = "Fix: save the images again with numpy.save / numpy.savez (uint8, bool or float; no object arrays), or copy " \
+          "the file again if it was cut short."
+
+
+def check_array_header(shape, dtype, available_bytes, what):
+    """Refuses, before anything is allocated, an array whose .npy header declares Python objects
+    or more bytes (shape x itemsize) than the `available_bytes` that follow the header."""
+    dtype = np.dtype(dtype)
+    if dtype.hasobject:
+        raise DataError(f"{what} holds Python objects (dtype {dtype}), which tfvamp never unpickles (it could run "
+                        f"code). Fix: save the images as a numeric array, e.g. numpy.savez(path, train=np.asarray("
+                        "images, np.uint8)).")
+    shape = tuple(int(d) for d in shape)
+    if any(d < 0 for d in shape):
+        raise DataError(f"{what}: its header declares the impossible shape {shape}; the file is corrupt. {_RESAVE}")
+    needed = math.prod(shape) * dtype.itemsize
+    if needed > available_bytes:
+        raise DataError(f"{what}: its header declares shape {shape} of {dtype} ({needed:,} bytes), but only "
+                        f"{max(int(available_bytes), 0):,} bytes of data follow; the file is truncated or its header "
+                        f"corrupt (refused before allocating). {_RESAVE}")
+
+
+def read_array_header(f, what):
+    """(shape, dtype) of the .npy stream `f` (a file or an .npz member), which is left at the
+    start of the data; a DataError naming `what` for a header that cannot be read."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = fmt.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = fmt.read_array_header_2_0(f)
+        else:  # 3.0 (utf-8 field names) has no public reader; NumPy 2 keeps the private one elsewhere
+            private = getattr(np.lib, "_format_impl", fmt)
+            shape, _, dtype = private._read_array_header(f, version)  # pylint: disable=protected-access
+    except Exception as e:  # numpy raises ValueError, but a corrupt header can give others (SyntaxError, ...)
+        raise DataError(f"{what}: its .npy header cannot be read ({type(e).__name__}: {e}); the file is truncated "
+                        f"or not a numpy array. {_RESAVE}") from None
+    return shape, dtype
+
+
+def _read_body(open_stream, what):
+    try:
+        with open_stream() as f:
+            return np.lib.format.read_array(f, allow_pickle=False)
+    except MemoryError:
+        raise DataError(f"{what} is too large for this machine's memory. Fix: fewer or smaller images.") from None
+    except Exception as e:  # truncated or corrupt data: ValueError, EOFError, zlib.error, BadZipFile (CRC), ...
+        raise DataError(f"{what} is corrupt ({type(e).__name__}: {e}). {_RESAVE}") from None
+
+
+def _load_npy(path):
+    with open(path, "rb") as f:
+        shape, dtype = read_array_header(f, path)
+        check_array_header(shape, dtype, os.fstat(f.fileno()).st_size - f.tell(), path)
+    return _read_body(lambda: open(path, "rb"), path)
+
+
+def _load_npz_member(archive, info, what):
+    if not info.filename.endswith(".npy"):
+        raise DataError(f"{what}: the member {info.filename!r} is not a .npy array. {_RESAVE}")
+    try:
+        with archive.open(info) as f:
+            shape, dtype = read_array_header(f, what)
+            available = info.file_size - f.tell()
+    except DataError:
+        raise
+    except Exception as e:  # encrypted, unsupported compression, a bad local header, ...
+        raise DataError(f"{what} cannot be read ({type(e).__name__}: {e}). {_RESAVE}") from None
+    check_array_header(shape, dtype, available, what)
+    return _read_body(lambda: archive.open(info), what)
+
+
 def _read_array_file(path, options):
     if not os.path.isfile(path):
         raise DataError(f"array file {path!r} does not exist. Fix: give --dataset=array:PATH with a .npy or .npz file.")
+    with open(path, "rb") as f:
+        start = f.read(6)
+    if start == b"\x93NUMPY":
+        return {"train": _convert(_resize_array(_check_array(_load_npy(path), path), path, options), path,
+                                  options)}, (), ()
+    if not start.startswith(b"PK"):
+        raise DataError(f"{path} cannot be read as a .npy/.npz file (it starts with {start!r}, neither numpy's "
+                        "header nor a zip archive). Fix: save the images with numpy.save or numpy.savez (no object "
+                        "arrays).")
     try:
-        loaded = np.load(path, allow_pickle=False)  # never unpickle a data file: it could run code
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path} cannot be read as a .npy/.npz file ({e}). Fix: save the images with numpy.save "
-                        "or numpy.savez (no object arrays).") from None
-    if isinstance(loaded, np.ndarray):
-        return {"train": _convert(_check_array(loaded, path), path, options)}, ()
-    with loaded:
-        names = list(loaded.files)
+        archive = zipfile.ZipFile(path)
+    except Exception as e:  # BadZipFile for a truncated archive (no central directory), OSError, ...
+        raise DataError(f"{path} cannot be read as a .npz file: it is not a complete zip archive ({type(e).__name__}: "
+                        f"{e}); it may be truncated (an interrupted copy or save). Fix: copy it again, or save the "
+                        "images again with numpy.savez.") from None
+    with archive:
+        members = {}
+        for info in archive.infolist():
+            members.setdefault(info.filename[:-4] if info.filename.endswith(".npy") else info.filename, info)
+        names = list(members)
         named = [n for n in names if n in SPLITS]
         if named and "train" not in named:
             raise DataError(f"{path} has arrays {names} but no 'train'. Fix: name the training images 'train' "
@@ -197,12 +382,45 @@ def _read_array_file(path, options):
         if not named and len(names) != 1:
             raise DataError(f"{path} holds {len(names)} arrays ({', '.join(names)}): give one array, or name them "
                             "train / validation / test.")
-        keys = named or names
-        return {("train" if not named else k): _convert(_check_array(loaded[k], f"{path}[{k}]"), path, options)
-                for k in keys}, ()
+        extra = [n for n in names if n not in SPLITS] if named else []
+        notes = (f"{path}: ignored its array(s) {_some(extra)} (only train / validation / test are read)",) \
+            if extra else ()
+        splits = {}
+        for key in named or names:
+            what = f"{path}[{key}]"
+            images = _check_array(_load_npz_member(archive, members[key], what), what)
+            splits["train" if not named else key] = _convert(_resize_array(images, what, options), path, options)
+        return splits, notes, ()
 
 
-def _read_tfds(name, options):
+def _resize_array(array, what, options):
+    """Checked images `[N, H, W, C]` at --image_size (uint8), by the same Pillow resize or crop as
+    files get; unchanged without --image_size. Binary images (all 0 or 1) are resized as black
+    and white (0 / 255), float ones as k / 255 rounded to the nearest k, as files would be."""
+    if not options.image_size:
+        return array
+    parse_image_size(options.image_size)
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+
+    if np.all((array == 0) | (array == 1)):
+        pixels = (array * 255).astype(np.uint8)
+    elif array.dtype.kind == "f":
+        pixels = np.round(array * 255.0).astype(np.uint8)
+    else:
+        pixels = array.astype(np.uint8)
+    out = []
+    for i, image in enumerate(pixels):
+        label = f"{what} image {i}"
+        if image.shape[-1] == 3:
+            out.append(np.asarray(_to_size(Image.fromarray(image, "RGB"), label, options), np.uint8))
+        else:  # grey, or channels resized one by one (Pillow resizes the bands of RGB independently too)
+            out.append(np.stack([np.asarray(_to_size(Image.fromarray(np.ascontiguousarray(image[..., c]), "L"), label,
+                                                     options), np.uint8) for c in range(image.shape[-1])], -1))
+    return np.stack(out)
+
+
+def tfds_builder(name, options=SourceOptions()):
+    """The prepared TFDS builder of `name` (tfds:NAME[/CONFIG]) with an `image` feature; DataError otherwise."""
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
     try:
@@ -216,14 +434,22 @@ def _read_tfds(name, options):
                         f"{', '.join(builder.info.features)}). tfvamp reads the 'image' feature of a dataset.")
     if not _tfds_prepared(builder):
         _tfds_prepare(builder, name)
+    return builder
+
+
+def _read_tfds(name, options):
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+    builder = tfds_builder(name, options)
     splits = {}
     for split in builder.info.splits:
         if split in SPLITS:
+            what = f"tfds:{name} ({split})"
             images = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, shuffle_files=False))["image"]
-            splits[split] = _convert(_check_array(images, f"tfds:{name} ({split})"), f"tfds:{name}", options)
+            splits[split] = _convert(_resize_array(_check_array(images, what), what, options), f"tfds:{name}", options)
     if "train" not in splits:
         raise DataError(f"TFDS dataset {name!r} has no 'train' split (splits: {', '.join(builder.info.splits)}).")
-    return splits, ()
+    return splits, (), ()
 
 
 def _tfds_prepared(builder):
@@ -297,10 +523,13 @@ def parse_image_size(text):
         raise DataError(f"--image_size={text!r}: write HxW, e.g. 32x32.") from None
     if height < 1 or width < 1:
         raise DataError(f"--image_size={text!r}: both sides must be at least 1.")
+    if height > MAX_IMAGE_SIDE or width > MAX_IMAGE_SIDE:
+        raise DataError(f"--image_size={text!r}: each side must be at most {MAX_IMAGE_SIDE} pixels (a larger size "
+                        "would need gigabytes per image). Fix: a smaller --image_size, e.g. 64x64.")
     return height, width
 
 
-def _finish(name, splits, options, notes):
+def _finish(name, splits, options, notes, skipped=()):
     """Channels and binarisation made consistent over the splits, missing splits carved."""
     binary = all(np.all((s == 0) | (s == 1)) for s in splits.values()) and all(
         s.dtype == np.float32 for s in splits.values())
@@ -310,7 +539,7 @@ def _finish(name, splits, options, notes):
     if len(set(shapes.values())) > 1:
         raise DataError(f"{name}: the splits have different image shapes ({shapes}). Fix: --image_size=HxW.")
     splits, carved = _carve(name, splits, options)
-    return ImageSet(name, splits, binary, carved, tuple(notes))
+    return ImageSet(name, splits, binary, carved, tuple(notes), tuple(skipped))
 
 
 def _carve(name, splits, options):
