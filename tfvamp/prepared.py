@@ -414,35 +414,24 @@ class _Preparation:
 def array_members(path):
     """({split: (load, what)}, notes) of an .npy or .npz file, nothing read yet but the headers:
     `load()` gives the array (an .npy memory-mapped, an .npz member read whole). Every header is
-    checked against the bytes the file holds before anything is allocated."""
+    checked against the bytes the file holds before anything is allocated
+    (`image_sources.check_array_header`)."""
     import zipfile  # pylint: disable=import-outside-toplevel
 
     if not os.path.isfile(path):
         raise DataError(f"array file {path!r} does not exist. Fix: give --dataset=array:PATH with a .npy or .npz file.")
-    fix = "Fix: save the images with numpy.save or numpy.savez (uint8, bool or float; no object arrays)."
     if not zipfile.is_zipfile(path):
-        try:
-            with open(path, "rb") as f:
-                version = np.lib.format.read_magic(f)
-                shape, _, dtype = np.lib.format._read_array_header(f, version)  # pylint: disable=protected-access
-                offset = f.tell()
-        except Exception as e:  # numpy raises ValueError, EOFError, OSError... for a bad header
-            raise DataError(f"{path} cannot be read as a .npy or .npz file ({type(e).__name__}: {e}). {fix}") from None
-        _check_header(shape, dtype, os.path.getsize(path) - offset, path, fix)
+        with open(path, "rb") as f:
+            shape, dtype = image_sources.read_array_header(f, path)
+            image_sources.check_array_header(shape, dtype, os.fstat(f.fileno()).st_size - f.tell(), path)
         return {"train": (lambda: np.load(path, mmap_mode="r", allow_pickle=False), path)}, ()
     try:
         archive = zipfile.ZipFile(path)
-        infos = {i.filename[:-4] if i.filename.endswith(".npy") else i.filename: i for i in archive.infolist()}
-        headers = {}
-        for name, info in infos.items():
-            with archive.open(info) as f:
-                version = np.lib.format.read_magic(f)
-                shape, _, dtype = np.lib.format._read_array_header(f, version)  # pylint: disable=protected-access
-                headers[name] = (shape, dtype, info.file_size - f.tell())
-    except Exception as e:  # BadZipFile, a truncated member, a bad header
+        infos = {(i.filename[:-4] if i.filename.endswith(".npy") else i.filename): i for i in archive.infolist()}
+    except Exception as e:  # BadZipFile (a truncated file), ...
         raise DataError(f"{path} cannot be read as an .npz file ({type(e).__name__}: {e}); it may be truncated. "
-                        f"{fix}") from None
-    names = list(headers)
+                        "Fix: save the images again with numpy.savez.") from None
+    names = list(infos)
     named = [n for n in names if n in SPLITS]
     if named and "train" not in named:
         raise DataError(f"{path} has arrays {names} but no 'train'. Fix: name the training images 'train' "
@@ -450,32 +439,15 @@ def array_members(path):
     if not named and len(names) != 1:
         raise DataError(f"{path} holds {len(names)} arrays ({', '.join(names)}): give one array, or name them "
                         "train / validation / test.")
-    for name in named or names:
-        _check_header(*headers[name], f"{path}[{name}]", fix)
     extra = [n for n in names if n not in named] if named else []
     notes = (f"ignored the arrays {', '.join(extra)} of {os.path.basename(path)} (only train / validation / test "
              "are read)",) if extra else ()
 
     def loader(name):
-        def load():
-            try:
-                with np.load(path, allow_pickle=False) as archive_:
-                    return archive_[name]
-            except Exception as e:  # a corrupt or truncated member
-                raise DataError(f"{path}[{name}] cannot be read ({type(e).__name__}: {e}); the file may be "
-                                f"truncated or corrupt. {fix}") from None
-        return load
+        # Header checked, then read whole: image_sources' reader refuses forged headers and corrupt data.
+        return lambda: image_sources._load_npz_member(archive, infos[name], f"{path}[{name}]")  # pylint: disable=protected-access
 
     return {("train" if not named else n): (loader(n), f"{path}[{n}]") for n in (named or names)}, notes
-
-
-def _check_header(shape, dtype, available, what, fix):
-    if dtype.hasobject or dtype.kind not in "buif":
-        raise DataError(f"{what}: images must be uint8, bool or float, got dtype {dtype}. {fix}")
-    needed = int(np.prod(shape, dtype=object)) * dtype.itemsize
-    if needed > available:
-        raise DataError(f"{what}: its header declares shape {list(shape)} ({needed:,} bytes) but the file holds "
-                        f"{max(available, 0):,}; it is truncated or forged. {fix}")
 
 
 def to_uint8(chunk, what, options):
