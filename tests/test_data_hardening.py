@@ -33,7 +33,7 @@ from numpy._core.multiarray import _reconstruct
 from numpy._core.numeric import _frombuffer
 
 import tfvamp.datasets as D
-from tfvamp.datasets import sources
+from tfvamp.datasets import files, safe_pickle
 
 REPO = Path(__file__).resolve().parents[1]
 # Sizes of the original files (../shared/data/README.md), and the policy under test: a file
@@ -106,7 +106,7 @@ from pathlib import Path
 
 import tensorflow_datasets as tfds
 import tfvamp.datasets as D
-from tfvamp.datasets import sources
+from tfvamp.datasets import files, safe_pickle
 
 
 def vm_bytes():
@@ -128,8 +128,8 @@ def report(**kw):
 def run(case):
     if case["kind"] == "unpickle":
         path = Path(case["path"])
-        source = sources.SourceFile(path.name, "", ("https://example.org/original",))
-        sources.unpickle(sources.FoundFile(path, source, "test"), path.read_bytes())
+        source = files.SourceFile(path.name, "", ("https://example.org/original",))
+        safe_pickle.unpickle(files.FoundFile(path, source, "test"), path.read_bytes())
         return
     builder = tfds.builder(D.builder_name(case["builder"]), data_dir=case["data_dir"])
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
@@ -269,14 +269,14 @@ def pickle_attack(tmp_path_factory):
         cases.append({"id": variant, "kind": "unpickle", "path": str(path)})
     keys = ("training", "validation", "test")
     as_histopathology = lambda a: {k: [a] for k in keys}  # noqa: E731
-    files = {
+    forged_files = {
         "frey_faces": ("freyfaces.pkl", forged_pickle("void_with_object_field")),
         "histopathology": ("histopathology.pkl",
                            forged_pickle("void_with_object_field", as_histopathology)),
         "histopathology_tar_gz": ("histopathology.pkl.tar.gz", tar_gz(
             "histopathology.pkl", forged_pickle("plain_given_object_field", as_histopathology))),
     }
-    for case_id, (name, raw) in files.items():
+    for case_id, (name, raw) in forged_files.items():
         (root / case_id / "manual").mkdir(parents=True)
         (root / case_id / "manual" / name).write_bytes(raw)
         cases.append({"id": case_id, "kind": "build", "builder": case_id.removesuffix("_tar_gz"),
@@ -445,8 +445,8 @@ def test_unpickle_rebuilds_plain_arrays_exactly(tmp_path, protocol):
     }
     path = tmp_path / "x.pkl"
     path.write_bytes(pickle.dumps(original, protocol=protocol))
-    source = sources.SourceFile("x.pkl", "", ("https://example.org/x.pkl",))
-    got = sources.unpickle(sources.FoundFile(path, source, "test"), path.read_bytes())
+    source = files.SourceFile("x.pkl", "", ("https://example.org/x.pkl",))
+    got = safe_pickle.unpickle(files.FoundFile(path, source, "test"), path.read_bytes())
     assert got.keys() == original.keys()
     for key in ("big_endian", "fortran", "bool", "empty", "scalar_0d"):
         # The same type and size; numpy's own loader may turn '>i4' into native '<i4'.
@@ -545,13 +545,13 @@ def test_byte_checksums_are_those_of_the_staged_originals(shared_data):
 
 def test_git_blob_id_is_gits(shared_data, tmp_path):
     # The ids the shared README lists for two staged originals, and git's own computation.
-    assert sources.git_blob_id((shared_data / "Freyfaces/freyfaces.pkl").read_bytes()) == \
+    assert files.git_blob_id((shared_data / "Freyfaces/freyfaces.pkl").read_bytes()) == \
         "032cd9c159728cd43e28041eb2bc547d278c3b80"
     caltech = shared_data / "Caltech101Silhouettes/caltech101_silhouettes_28_split1.mat"
-    assert sources.git_blob_id(caltech.read_bytes()) == "8ea37b184047d287dc6fe21ef76a174522d5a156"
+    assert files.git_blob_id(caltech.read_bytes()) == "8ea37b184047d287dc6fe21ef76a174522d5a156"
     odd = tmp_path / "odd"
     odd.write_bytes(b"\0blob 3\0\r\n")
-    assert sources.git_blob_id(odd.read_bytes()) == git_hash_object(odd)
+    assert files.git_blob_id(odd.read_bytes()) == git_hash_object(odd)
 
 
 def test_size_limits_are_generous_but_bounded(shared_data):

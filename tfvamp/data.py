@@ -418,10 +418,10 @@ def _prepared_builder(name, data_dir, manual_dir):
 
 def _found_files(builder, manual_dir) -> list:
     """Where each original file of `builder` is (None where it cannot be found), no download."""
-    from tfvamp.datasets import sources  # pylint: disable=import-outside-toplevel
+    from tfvamp.datasets import files  # pylint: disable=import-outside-toplevel
 
-    bases = sources.search_bases(manual_dir, builder.data_dir_root / "downloads")
-    return [sources.locate(s, bases) for s in builder.SOURCES]
+    bases = files.search_bases(manual_dir, builder.data_dir_root / "downloads")
+    return [files.locate(s, bases) for s in builder.SOURCES]
 
 
 def _missing_files(builder, manual_dir) -> list[str]:

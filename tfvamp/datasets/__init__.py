@@ -36,7 +36,7 @@ from tfvamp.datasets.errors import (
     SizeLimitError,
     UnsafeContentError,
 )
-from tfvamp.datasets.sources import MANUAL_DIR_ENV, MAX_SIZE_ENV, OFFLINE_ENV, SKIP_CHECKSUMS_ENV
+from tfvamp.datasets.files import MANUAL_DIR_ENV, MAX_SIZE_ENV, OFFLINE_ENV, SKIP_CHECKSUMS_ENV
 
 NAMES = tuple(BUILDERS)
 

@@ -1,6 +1,6 @@
 """TFDS builders for the six datasets of "VAE with a VampPrior" (docs/paper_details.md section 6).
 
-Each builder reads the original file(s) (see `sources.py` for where they are looked for),
+Each builder reads the original file(s) (see `files.py` for where they are looked for),
 checks them, and writes the paper's `train` / `validation` / `test` splits. Every file is
 read and verified in `_split_generators`, before TFDS writes a single record; TFDS writes
 into a temporary `<version>.incomplete*` folder and renames it only on success (and removes
@@ -27,21 +27,17 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from tfvamp.datasets.errors import CorruptFileError, ShapeError
-from tfvamp.datasets.sources import (
-    MANUAL_DIR_ENV,
-    FoundFile,
-    SourceFile,
+from tfvamp.datasets.files import MANUAL_DIR_ENV, FoundFile, SourceFile, fetch, search_bases
+from tfvamp.datasets.parsers import (
     check_binary,
     check_dtype,
     check_shape,
     check_unit_interval,
-    fetch,
     load_mat,
     parse_amat,
     parse_idx,
-    search_bases,
-    unpickle,
 )
+from tfvamp.datasets.safe_pickle import unpickle
 
 from tfvamp.datasets.facts import SPLITS, sizes  # noqa: E402  (one table of the datasets' facts)
 # Seed of the fixed permutations that carve Frey's and OMNIGLOT's splits. The release
