@@ -34,14 +34,15 @@ def test_two_quick_runs_side_by_side_with_quiet_consoles(tmp_path, real_data_dir
             assert line not in result.stderr, (line, result.stderr[-2000:])
         assert result.stderr.strip() == ""
         assert (tmp_path / "runs" / "quick" / flagfile / "results.json").exists()
-        assert (tmp_path / "saved_models" / "quick" / flagfile / "saved_model.pb").exists()
+        assert (tmp_path / "runs" / "quick" / flagfile / "saved_model" / "saved_model.pb").exists()
         assert "View the run: tensorboard --logdir" in result.stdout
     for script, args in (("evaluate.py", [f"--model_dir=runs/quick/frey_faces_vae_standard", "--eval_samples=4",
                                           "--max_batches=1", "--noprogress", "--num_pictures=4",
                                           f"--data_dir={real_data_dir('frey_faces')}"]),
-                         ("sample.py", ["--saved_model=saved_models/quick/frey_faces_vae_standard", "--num_samples=4"])):
+                         ("sample.py", ["--saved_model=runs/quick/frey_faces_vae_standard/saved_model",
+                                        "--num_samples=4"])):
         result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", script)] + args, cwd=str(tmp_path),
                                 env=env, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
         assert not any(line in result.stderr for line in NOISE), result.stderr[-2000:]
-    assert (tmp_path / "saved_models" / "quick" / "frey_faces_vae_standard_samples.png").exists()
+    assert (tmp_path / "runs" / "quick" / "frey_faces_vae_standard" / "saved_model_samples.png").exists()

@@ -250,7 +250,7 @@ def test_export_and_sample_scripts(served, tmp_path):
     checkpointing.save_config(str(run), config)
     tf.train.Checkpoint(model=model).save(str(run / checkpointing.BEST_DIR / "ckpt"))
     _run([os.path.join(ROOT, "scripts", "export.py"), f"--model_dir={run}"], cwd=str(tmp_path))
-    export_dir = tmp_path / "saved_models" / "tiny_vae"  # the default: saved_models/<run name>
+    export_dir = run / "saved_model"  # the default: <model_dir>/saved_model, never saved_models/
     assert (export_dir / "saved_model.pb").exists()
     with open(export_dir / "assets.extra" / export.CONFIG_FILE) as f:
         assert json.load(f)["dataset"] == "synthetic"

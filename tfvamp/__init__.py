@@ -17,9 +17,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from tfvamp.likelihoods import LIKELIHOODS  # noqa: E402
 from tfvamp.models import MODELS, ConvHVAE, HVAE, PixelHVAE, VAE, build_model  # noqa: E402
 from tfvamp.optimizers import AdamNormGrad  # noqa: E402
+from tfvamp.pretrained import load_pretrained  # noqa: E402
 from tfvamp.priors import PRIORS  # noqa: E402
 from tfvamp.training import WarmUp  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["build_model", "VAE", "HVAE", "ConvHVAE", "PixelHVAE", "AdamNormGrad", "WarmUp", "MODELS", "PRIORS",
-           "LIKELIHOODS"]
+__all__ = ["build_model", "load_pretrained", "VAE", "HVAE", "ConvHVAE", "PixelHVAE", "AdamNormGrad", "WarmUp",
+           "MODELS", "PRIORS", "LIKELIHOODS"]

@@ -44,8 +44,9 @@ def run_name(model_dir):
 
 
 def default_export_dir(model_dir):
-    """Where a run's SavedModel goes unless --export_dir says: saved_models/<run name>."""
-    return os.path.join("saved_models", run_name(model_dir))
+    """Where a run's SavedModel goes unless --export_dir says: `<model_dir>/saved_model`
+    (saved_models/ holds only the curated pretrained models)."""
+    return os.path.join(model_dir, "saved_model")
 
 
 def save_config(model_dir, config):

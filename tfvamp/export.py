@@ -234,6 +234,9 @@ def export_saved_model(model, export_dir, config=None, max_samples=MAX_SAMPLES,
     temporary = f"{export_dir}.incomplete-{os.getpid()}"
     tf.saved_model.save(served, temporary, signatures=served.serving_signatures())
     checkpointing.write_json(os.path.join(temporary, "assets.extra", CONFIG_FILE), config or model.get_config())
+    # Each exported variable's name, for starting another model from this one (tfvamp.pretrained).
+    checkpointing.write_json(os.path.join(temporary, "assets.extra", "tfvamp_variables.json"),
+                             [{"path": v.path, "shape": list(v.shape)} for v in model.variables])
     previous = f"{export_dir}.previous-{os.getpid()}"
     if os.path.exists(export_dir):
         os.replace(export_dir, previous)

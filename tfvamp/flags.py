@@ -64,6 +64,8 @@ FLAGS = (
      "training images (the release's --use_training_data_init). vampprior_data always uses training images."),
     ("pseudo_inputs_mean", "float", None, None, "Mean of the pseudo-input init; default: the dataset's."),
     ("pseudo_inputs_std", "float", None, None, "Std of the pseudo-input init; default: the dataset's."),
+    ("init_from", "string", "", None, "Start a new run from a SavedModel export, or a pretrained model's name "
+     "(saved_models/), copying every weight whose name and shape match (fine-tuning); a resumed run ignores it."),
     ("init", "enum", initializers.DEFAULT, initializers.INITS,
      "How the weights start: release = the official release's (He normal on dense kernels, PyTorch's "
      "uniform defaults on convolutions and biases); keras = truncated He normal, zero biases "
@@ -89,7 +91,7 @@ FLAGS = (
     ("eval_chunk_size", "integer", 0, None, "Importance samples per network pass (0 = automatic)."),
     ("evaluate", "bool", True, None, "Evaluate the best model on the test set at the end."),
     ("export", "bool", True, None, "Export the best model as a SavedModel at the end."),
-    ("export_dir", "string", None, None, "SavedModel directory; default saved_models/<basename of model_dir>. "
+    ("export_dir", "string", None, None, "SavedModel directory; default <model_dir>/saved_model. "
      "{dataset}, {model} and {prior} are filled in, as in --model_dir."),
     ("export_max_samples", "integer", export.MAX_SAMPLES, None,
      "The exported `sample` signature refuses requests for more images than this."),

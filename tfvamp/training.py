@@ -474,6 +474,15 @@ class Trainer:
                                    best_val_loss=tf.Variable(float(val_loss), dtype=tf.float64))
         return self._save(best, self.best_dir, epoch, keep=1)
 
+    def _init_from(self, source):
+        """A new run's weights from a SavedModel export or a pretrained model (`--init_from`)."""
+        from tfvamp import pretrained  # pylint: disable=import-outside-toplevel
+
+        copied, skipped = pretrained.copy_matching_weights(self.model, source)
+        note = f"; kept the initialisation of {len(skipped)}: {', '.join(skipped[:4])}" if skipped else ""
+        print(f"Started from {source}: {len(copied)} of {len(copied) + len(skipped)} weights copied{note}",
+              flush=True)
+
     def restore(self):
         """Restores the newest epoch checkpoint, if any. Returns the last completed epoch (0 if
         none)."""
@@ -570,6 +579,8 @@ class Trainer:
           TrainingDiverged: the training loss of an epoch is not finite (that epoch is not saved).
         """
         start_epoch = self.restore() + 1
+        if start_epoch == 1 and self.config.get("init_from"):
+            self._init_from(self.config["init_from"])
         reason = STOP_REASONS[int(self.stop_reason.numpy())]
         epochs = int(self.config["epochs"])
         if start_epoch > 1:
