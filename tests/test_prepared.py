@@ -69,9 +69,11 @@ def test_prepared_splits_are_those_of_reading_the_source_whole(tmp_path, kind):
         got, want = source.image_set.splits[split], reference.splits[split]
         assert got.dtype == want.dtype and got.shape == want.shape, split
         np.testing.assert_array_equal(got, want, err_msg=split)
+    # The pseudo-input initialisation: float64 from the histogram against the reader's float32
+    # sums, equal to 1e-6 (a resumed run keeps its stored values: tfvamp.run.keep_run_init).
     reference_info = data._source_info(reference, options)  # pylint: disable=protected-access
-    assert (info.pseudo_inputs_mean, info.pseudo_inputs_std) == (reference_info.pseudo_inputs_mean,
-                                                                reference_info.pseudo_inputs_std)
+    np.testing.assert_allclose([info.pseudo_inputs_mean, info.pseudo_inputs_std],
+                               [reference_info.pseudo_inputs_mean, reference_info.pseudo_inputs_std], rtol=1e-6)
     # The streamed statistics (float64, from the histogram) agree with the in-memory ones (float32).
     mean, std = prepared.pixel_statistics(source.prepared, info.pixels)
     train = data._unit_numpy(info.pixels, reference.splits["train"]).astype(np.float64)  # pylint: disable=protected-access
@@ -292,3 +294,30 @@ def test_two_workers_on_loopback_train_a_streamed_folder(tmp_path):
     assert len(a.files) == len(b.files) > 0
     for key in a.files:
         np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_a_run_whose_inferred_initialisation_differs_in_the_last_bits_resumes(tmp_path):
+    """Runs made when the pseudo-input initialisation was summed in float32 resume: within 1e-6
+    the stored values are kept, beyond it the folder is refused as another run's."""
+    from tfvamp import checkpointing
+    from tfvamp import flags as tflags
+    from tfvamp import run
+
+    _folder(tmp_path / "images", n=40)
+    base = dict(dataset=f"folder:{tmp_path / 'images'}", model="vae", num_components=3, z1_size=2, batch_size=8,
+                epochs=1, warmup_epochs=1, model_dir=str(tmp_path / "run"), data_dir=str(tmp_path / "tfds"),
+                evaluate=False, export=False, progress=False, image_every_epochs=0, strategy="default")
+    config = tflags.validate_config(tflags.default_config(**base))
+    run.run(config)
+    stored = checkpointing.load_config(config["model_dir"])
+    older = dict(stored, pseudo_inputs_mean=stored["pseudo_inputs_mean"] * (1 + 3e-8))
+    checkpointing.save_config(config["model_dir"], older)
+    resumed = tflags.validate_config(tflags.default_config(**dict(base, epochs=2)))
+    assert resumed["pseudo_inputs_mean"] != older["pseudo_inputs_mean"]
+    results = run.run(resumed)
+    assert results["training"]["epochs_trained"] == 2
+    assert checkpointing.load_config(config["model_dir"])["pseudo_inputs_mean"] == older["pseudo_inputs_mean"]
+    far = dict(stored, pseudo_inputs_mean=stored["pseudo_inputs_mean"] * 1.01)
+    checkpointing.save_config(config["model_dir"], far)
+    with pytest.raises(run.RunError, match="pseudo_inputs_mean"):
+        run.run(tflags.validate_config(tflags.default_config(**dict(base, epochs=3))))

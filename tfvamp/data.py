@@ -155,20 +155,22 @@ def _source(name: str, options: SourceOptions) -> _SourceData:
         carved = tuple(s for s in SPLITS if meta["splits"][s]["carved"])
         skipped = tuple(meta.get("skipped", ()))
         notes = tuple(meta.get("notes", ()))
-        if prepared.nbytes <= in_memory_limit():
+        in_memory = prepared.nbytes <= in_memory_limit()
+        binarize = options.binarize if not prepared.binary else "none"
+        binary = prepared.binary or binarize != "none"
+        pixels = "binary" if prepared.binary else ("grey_255" if binary else "bins")
+        # From the pixel histogram kept at preparation (float64), never from a float copy of the
+        # images: that copy and its temporaries took ~20x the images' size (docs/benchmarks.md).
+        mean, std = prepared_sources.pixel_statistics(prepared, pixels)
+        image_set = None
+        if in_memory:
             arrays = {s: prepared_sources.read_split(prepared, s) for s in SPLITS}
             image_set = image_sources.ImageSet(name, arrays, prepared.binary, carved, notes)
-            info = _source_info(image_set, options, skipped=skipped)
-        else:
-            image_set = None
-            binarize = options.binarize if not prepared.binary else "none"
-            binary = prepared.binary or binarize != "none"
-            pixels = "binary" if prepared.binary else ("grey_255" if binary else "bins")
-            mean, std = prepared_sources.pixel_statistics(prepared, pixels)
-            info = DatasetInfo(name, prepared.image_shape, "bernoulli" if binary else "discretized_logistic",
-                               float(np.clip(mean, 0.01, 0.99)), float(max(std / 10.0, 1e-3)),
-                               {s: prepared.count(s) for s in SPLITS}, binarize == "dynamic", None,
-                               "binary" if binarize == "static" else pixels, carved, "streamed", notes, skipped)
+        streamed_pixels = "binary" if (binarize == "static" and not in_memory) else pixels
+        info = DatasetInfo(name, prepared.image_shape, "bernoulli" if binary else "discretized_logistic",
+                           float(np.clip(mean, 0.01, 0.99)), float(max(std / 10.0, 1e-3)),
+                           {s: prepared.count(s) for s in SPLITS}, binarize == "dynamic", None,
+                           streamed_pixels, carved, "memory" if in_memory else "streamed", notes, skipped)
         _SOURCES.clear()  # one source at a time: a second one should not keep the first's arrays alive
         _SOURCES[key] = _SourceData(info, image_set, prepared)
     return _SOURCES[key]

@@ -13,6 +13,7 @@ weights) and `saved_model` (where the export is), written once at the end of the
 """
 import contextlib
 import json
+import math
 import os
 import shutil
 
@@ -50,17 +51,27 @@ def check_resume(model_dir, config):
                        "for a new run; the same settings resume the old one.")
 
 
+# Settings inferred from the data, which a later tfvamp may compute to the last bits differently
+# (the pseudo-input initialisation of your own images: float32 sums then, float64 now).
+_INFERRED_FLOATS = ("pseudo_inputs_mean", "pseudo_inputs_std")
+
+
 def keep_run_init(model_dir, config):
     """The config a resumed run trains with: the initialisation it started with (`keras` for runs
-    from before --init existed). Only a new run's first weights depend on it."""
+    from before --init existed), and the stored pseudo-input initialisation where today's
+    inference gives the same numbers to 1e-6. Only a new run's first weights depend on them."""
     path = os.path.join(model_dir, checkpointing.CONFIG_FILE)
     if not os.path.exists(path):
         return config
-    stored = checkpointing.stored_init(checkpointing.load_config(model_dir))
+    old = checkpointing.load_config(model_dir)
+    stored = checkpointing.stored_init(old)
     if stored != config.get("init"):
         print(f"Resumed run: it started with --init={stored} ({checkpointing.CONFIG_FILE}), which it keeps.",
               flush=True)
-    return dict(config, init=stored)
+    kept = {k: old[k] for k in _INFERRED_FLOATS
+            if isinstance(old.get(k), (int, float)) and isinstance(config.get(k), (int, float))
+            and math.isclose(old[k], config[k], rel_tol=1e-6, abs_tol=1e-9)}
+    return dict(config, init=stored, **kept)
 
 
 def keep_run_precision(model_dir, config):
