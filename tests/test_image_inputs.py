@@ -19,6 +19,28 @@ from tfvamp import flags as tflags
 from tfvamp import image_sources
 from tfvamp.datasets.errors import DataError
 
+@pytest.fixture(autouse=True, params=["reader", "prepared"])
+def _both_paths(request, monkeypatch, tmp_path):
+    """Every check runs twice: through `image_sources.open_source` (the source read whole) and
+    through the path a run takes (`tfvamp.prepared` into shards, then `tfvamp.data`)."""
+    if request.param == "prepared":
+        import dataclasses  # pylint: disable=import-outside-toplevel
+
+        from tfvamp import data  # pylint: disable=import-outside-toplevel
+
+        def prepared_set(spec, options=image_sources.SourceOptions()):
+            if options.data_dir is None:
+                options = dataclasses.replace(options, data_dir=str(tmp_path / "prepared"))
+            data._SOURCES.clear()  # pylint: disable=protected-access
+            source = data._source(spec, options)  # pylint: disable=protected-access
+            image_set = source.image_set
+            return image_sources.ImageSet(image_set.name, image_set.splits, image_set.binary, image_set.carved,
+                                          image_set.notes, tuple(source.info.skipped))
+
+        monkeypatch.setattr(image_sources, "open_source", prepared_set)
+    yield request.param
+
+
 TINY = dict(num_components=4, z1_size=3, z2_size=3, batch_size=8, eval_batch_size=8, epochs=1, warmup_epochs=1,
             max_steps_per_epoch=2, eval_samples=4, image_every_epochs=0, num_images=4, progress=False)
 FIX = "Fix:"

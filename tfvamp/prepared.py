@@ -233,7 +233,7 @@ class _Preparation:
         if self.shape is None:
             self.shape = images.shape[1:]
         elif images.shape[1:] != self.shape:
-            raise DataError(f"{what}: images of shape {list(images.shape[1:])} among images of shape "
+            raise DataError(f"{what}: different image shapes, {list(images.shape[1:])} among images of shape "
                             f"{list(self.shape)}. Fix: --image_size=HxW resizes them all (and --channels=1 or 3 "
                             "makes the channels agree).")
         kinds = self.kinds.setdefault(split, [True, True])
@@ -440,8 +440,8 @@ def array_members(path):
         raise DataError(f"{path} holds {len(names)} arrays ({', '.join(names)}): give one array, or name them "
                         "train / validation / test.")
     extra = [n for n in names if n not in named] if named else []
-    notes = (f"ignored the arrays {', '.join(extra)} of {os.path.basename(path)} (only train / validation / test "
-             "are read)",) if extra else ()
+    notes = (f"ignored the arrays {', '.join(extra)} of {path} (only train / validation / test are read)",) \
+        if extra else ()
 
     def loader(name):
         # Header checked, then read whole: image_sources' reader refuses forged headers and corrupt data.
