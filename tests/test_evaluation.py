@@ -14,6 +14,7 @@ import tfvamp
 from helpers import train_briefly
 from tfvamp import checkpointing
 from tfvamp import evaluation
+from tfvamp import evaluation_writers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = (8, 8, 1)
@@ -227,9 +228,9 @@ def test_pictures_as_png_and_tensorboard(trained, data, tmp_path):
     ll = np.random.default_rng(0).normal(-60, 3, 100)
     writer = tf.summary.create_file_writer(str(tmp_path / "tb"))
     usage = np.array([0.05, 0.3, 0.0, 0.5, 0.1, 0.02, 0.02, 0.01])
-    paths = evaluation.write_pictures(model, data[:6], str(tmp_path / "pictures"), log_likelihoods=ll, usage=usage,
-                                      writer=writer, num_samples=9, num_reconstructions=6, num_pseudo_inputs=3,
-                                      samples_per_pseudo_input=4, interpolation_steps=5, prefix="eval")
+    paths = evaluation_writers.write_pictures(model, data[:6], str(tmp_path / "pictures"), log_likelihoods=ll, usage=usage,
+                                              writer=writer, num_samples=9, num_reconstructions=6, num_pseudo_inputs=3,
+                                              samples_per_pseudo_input=4, interpolation_steps=5, prefix="eval")
     names = {"samples", "reconstructions", "pseudo_inputs", "pseudo_input_samples", "log_likelihood_histogram",
              "interpolations", "pseudo_input_interpolations"}
     assert set(paths) == names
@@ -294,7 +295,7 @@ def test_projector_files_load_with_tensorboards_reader(trained, data, tmp_path):
 
     codes = trained["vae"].encode(data[:30])["z_mean"].numpy()
     ll = np.linspace(-80, -60, 30)
-    path = evaluation.write_projector(str(tmp_path), codes, data[:30], ll)
+    path = evaluation_writers.write_projector(str(tmp_path), codes, data[:30], ll)
     config = text_format.Parse(open(path).read(), projector_config_pb2.ProjectorConfig())
     (embedding,) = config.embeddings
     checkpoint = tf.train.latest_checkpoint(str(tmp_path))
