@@ -60,8 +60,11 @@ BATCH = 100
 MARKER = "COMPLETE"
 
 
+MODEL = ["convhvae"]  # --model
+
+
 def train_flags(folder, data_dir, model_dir):
-    return ["--dataset", f"folder:{folder}", "--model", "convhvae", "--prior", "vampprior", "--num_components", "50",
+    return ["--dataset", f"folder:{folder}", "--model", MODEL[0], "--prior", "vampprior", "--num_components", "50",
             "--batch_size", str(BATCH), "--max_steps_per_epoch", "3", "--epochs", "1", "--noevaluate", "--noexport",
             "--noprogress", "--threads", "1", "--compute_dtype", "float32", "--data_dir", data_dir,
             "--model_dir", model_dir]
@@ -352,7 +355,10 @@ def main():
     parser.add_argument("--full_run", action="store_true",
                         help="let each training run finish (validation over the whole validation split, checkpoint); "
                              "default: end the process right after its 3rd train step")
+    parser.add_argument("--model", default="convhvae", help="model family of the runs (the issue's start-up "
+                        "example is the VAE; the step the pipeline must feed is convHVAE's)")
     args = parser.parse_args()
+    MODEL[0] = args.model
     sizes = [int(s) for s in args.sizes.split(",") if s]
     work = args.work or os.path.join(os.path.dirname(os.path.abspath(args.root)), "bench_runs")
     if os.path.commonpath([os.path.abspath(args.root), REPO]) == REPO:
