@@ -192,11 +192,6 @@ def task_info(strategy):
     return task_type, int(task_id or 0), is_chief
 
 
-def is_multi_worker(strategy):
-    """True when `strategy` spans several worker processes."""
-    return task_info(strategy)[0] is not None
-
-
 def worker_write_dir(directory, strategy):
     """Where this process writes `directory`'s files.
 

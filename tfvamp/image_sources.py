@@ -39,7 +39,6 @@ Every problem is a `DataError` raised before any training, naming the file or ar
 problem and the fix.
 """
 import dataclasses
-import hashlib
 import io
 import math
 import os
@@ -561,8 +560,3 @@ def _carve(name, splits, options):
         start += counts[split]
     out["train"] = train[np.sort(order[start:])]
     return out, tuple(missing)
-
-
-def fingerprint(image_set):
-    """A short hash of the stored training images (to tell two sources apart in a run's config)."""
-    return hashlib.sha256(image_set.splits["train"].tobytes()).hexdigest()[:16]

@@ -40,7 +40,6 @@ from tfvamp import priors
 from tfvamp.heads import GaussianHead, ImageHead
 
 MODELS = ("vae", "hvae", "convhvae", "pixelhvae")
-COMPUTE_DTYPES = precision.MODES  # and precision.EXCEPT_PREFIX + parts, for measuring
 LOG_2PI = math.log(2.0 * math.pi)
 HIDDEN = 300
 
