@@ -84,3 +84,36 @@ def test_every_paper_experiment_has_a_flagfile_with_the_papers_hyperparameters()
     quick = parse_flagfiles("configs/frey.cfg", "configs/quick.cfg")
     assert (quick["model"], quick["epochs"], quick["max_steps_per_epoch"], quick["model_dir"]) == \
         ("hvae", 2, 5, "runs/quick/frey_faces_hvae_vampprior")
+
+
+def test_no_flagfile_restates_a_default():
+    """A preset says only what makes its experiment differ: a line equal to the flag's default
+    (or to its dataset's default, for the settings the dataset's record gives) fails."""
+    from tfvamp import data  # pylint: disable=import-outside-toplevel
+
+    kinds = {name: (kind, default) for name, kind, default, _, _ in tflags.FLAGS}
+    paths = glob.glob(os.path.join(ROOT, "configs", "*.cfg")) + glob.glob(os.path.join(ROOT, "configs", "*", "*.cfg"))
+    assert len(paths) > 50
+    restated = []
+    for path in paths:
+        lines = [line.strip() for line in open(path) if line.startswith("--")]
+        values = dict(line[2:].split("=", 1) for line in lines)
+        dataset = values.get("dataset")
+        for name, text in values.items():
+            assert name in kinds, (path, name)
+            kind, default = kinds[name]
+            value = {"integer": int, "float": float}.get(kind, str)(text)
+            if default is not None and value == default:
+                restated.append((os.path.relpath(path, ROOT), name))
+            elif dataset in data.NAMES and name in tflags.DATASET_DEFAULTS and \
+                    value == getattr(data.get_info(dataset), name):
+                restated.append((os.path.relpath(path, ROOT), name))
+    assert not restated, restated
+
+
+def test_frey_cfg_is_the_frey_hvae_vampprior_experiment():
+    frey = parse_flagfiles("configs/frey.cfg")
+    experiment = parse_flagfiles("configs/frey_faces_hvae_vampprior.cfg")
+    assert {k: v for k, v in frey.items() if k not in ("model_dir", "export_dir")} == \
+        {k: v for k, v in experiment.items() if k not in ("model_dir", "export_dir")}
+    assert (frey["seed"], frey["init"], frey["model_dir"]) == (14, "release", "runs/frey")
