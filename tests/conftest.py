@@ -51,8 +51,7 @@ def real_data_dir(tmp_path_factory, shared_data):
 
     def get(name):
         if name not in built:
-            builder = data._builder(name, data_dir)  # pylint: disable=protected-access
-            missing = data._missing_files(builder, shared_data)  # pylint: disable=protected-access
+            missing = data.missing_files(name, data_dir=data_dir, manual_dir=shared_data)
             if missing:
                 pytest.skip(f"{name}: original file(s) {', '.join(missing)} not in {shared_data}")
             data.prepare([name], data_dir=data_dir, manual_dir=shared_data, echo=lambda _: None)

@@ -304,7 +304,17 @@ def available(*, data_dir=None, manual_dir=None) -> list[str]:
 
     Only looks at the disk (no download), e.g. to choose what `prepare` builds by default.
     """
-    return [n for n in NAMES if not _missing_files(_builder(n, data_dir), manual_dir)]
+    return [n for n in NAMES if not missing_files(n, data_dir=data_dir, manual_dir=manual_dir)]
+
+
+def missing_files(name: str, *, data_dir=None, manual_dir=None) -> list[str]:
+    """Names of the original files of dataset `name` that cannot be found (empty when it is
+    prepared in `data_dir`). Only looks at the disk (no download)."""
+    builder = _builder(name, data_dir)
+    if _is_prepared(builder):
+        return []
+    found = _found_files(builder, manual_dir)
+    return [s.name for s, path in zip(builder.SOURCES, found) if path is None]
 
 
 def prepare(names: Sequence[str] | None = None, *, data_dir=None, manual_dir=None,
@@ -329,7 +339,7 @@ def prepare(names: Sequence[str] | None = None, *, data_dir=None, manual_dir=Non
         get_info(n)
     todo = []
     for n in names:
-        missing = _missing_files(_builder(n, data_dir), manual_dir)
+        missing = missing_files(n, data_dir=data_dir, manual_dir=manual_dir)
         if missing and not explicit:
             echo(f"skip {n}: not found: {', '.join(missing)}")
         else:
@@ -424,14 +434,6 @@ def _found_files(builder, manual_dir) -> list:
 
     bases = files.search_bases(manual_dir, builder.data_dir_root / "downloads")
     return [files.locate(s, bases) for s in builder.SOURCES]
-
-
-def _missing_files(builder, manual_dir) -> list[str]:
-    """Names of the original files that cannot be found (empty when prepared)."""
-    if _is_prepared(builder):
-        return []
-    found = _found_files(builder, manual_dir)
-    return [s.name for s, path in zip(builder.SOURCES, found) if path is None]
 
 
 # Arrays of the last few splits read or preprocessed, so that load + as_numpy and repeated loads
