@@ -77,7 +77,7 @@ def test_frey_flagfile_end_to_end_two_epochs(tmp_path, real_data_dir):
     assert results["training"]["epochs_trained"] == 2
     assert os.path.exists(export_dir / "saved_model.pb")
     # The paper-budget report reads the finished run: merged JSON, curves and a table row.
-    report = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "paper_budget_report.py"),
+    report = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "report.py"), "--paper_budget",
                              f"--output_dir={tmp_path / 'report'}", str(model_dir)], cwd=ROOT, env=script_env(),
                             capture_output=True, text=True, timeout=120)
     assert report.returncode == 0, report.stderr[-3000:]
