@@ -23,7 +23,7 @@ def main(argv):
     card = model_cards.ship(FLAGS.model_dir, FLAGS.name, FLAGS.retrain, num_samples=FLAGS.eval_samples,
                             seed=FLAGS.seed, data_dir=FLAGS.data_dir, manual_dir=FLAGS.manual_dir,
                             trained_commit=FLAGS.trained_commit)
-    print(f"saved_models/{FLAGS.name}: {model_cards._value(card['test'])}")  # pylint: disable=protected-access
+    print(f"saved_models/{FLAGS.name}: {model_cards.describe(card['test'])}")
 
 
 if __name__ == "__main__":

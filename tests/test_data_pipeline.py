@@ -141,7 +141,7 @@ def test_frey_dequantisation(real_data_dir, shared_data):
 
 
 def test_histopathology_clipping():
-    x = data._to_unit("clip", tf.constant([0.0, 0.25, 1.0]))  # pylint: disable=protected-access
+    x = data.to_unit("clip", tf.constant([0.0, 0.25, 1.0]))
     np.testing.assert_allclose(x.numpy(), [1 / 512, 0.25, 1 - 1 / 512])
 
 

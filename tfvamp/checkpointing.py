@@ -51,7 +51,7 @@ def default_export_dir(model_dir):
 
 def save_config(model_dir, config):
     """Writes `config` (a JSON-able dict with at least MODEL_KEYS) to `<model_dir>/config.json`."""
-    missing = [k for k in MODEL_KEYS if k not in config]
+    missing = [k for k in MODEL_KEYS if k not in config and k != "init"]  # no init: made with keras (stored_init)
     if missing:
         raise ValueError(f"Run config lacks {missing}; it needs {list(MODEL_KEYS)}.")
     return write_json(os.path.join(model_dir, CONFIG_FILE), config)

@@ -382,6 +382,12 @@ def _seed(seed) -> int:
     return int(seed)
 
 
+def original_files(name: str) -> list:
+    """The original files of paper dataset `name` (`tfvamp.datasets.files.SourceFile`: name,
+    sha256, size cap, ...), as its builder reads and verifies them."""
+    return list(_builder(name, None).SOURCES)
+
+
 def _builder(name: str, data_dir):
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
@@ -532,9 +538,9 @@ def _splits(store, batch_size, eval_batch_size, seed, shuffle_train, drop_remain
         # epoch, still a deterministic sequence given `seed`.
         noise = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True)
         train = tf.data.Dataset.zip((train, noise)).map(
-            lambda x, s: _binarize(_to_unit(info.pixels, x), s, seed), num_parallel_calls=2, deterministic=True)
+            lambda x, s: _binarize(to_unit(info.pixels, x), s, seed), num_parallel_calls=2, deterministic=True)
     else:
-        train = train.map(lambda x: _to_unit(info.pixels, x), num_parallel_calls=2, deterministic=True)
+        train = train.map(lambda x: to_unit(info.pixels, x), num_parallel_calls=2, deterministic=True)
 
     def evaluation(split):
         x = _preprocessed(store, split)
@@ -548,7 +554,7 @@ def _splits(store, batch_size, eval_batch_size, seed, shuffle_train, drop_remain
                   epochs)
 
 
-def _to_unit(pixels: str, x: tf.Tensor) -> tf.Tensor:
+def to_unit(pixels: str, x: tf.Tensor) -> tf.Tensor:
     """Stored images -> float32 in [0, 1] as the model sees them (grey for the binarised sets)."""
     x = tf.cast(x, tf.float32)
     if pixels == "grey_255":
@@ -561,7 +567,7 @@ def _to_unit(pixels: str, x: tf.Tensor) -> tf.Tensor:
 
 
 def _unit_numpy(pixels, x):
-    return _to_unit(pixels, x).numpy()
+    return to_unit(pixels, x).numpy()
 
 
 def _epoch_stream(info, stored, batch_size, seed, first_epoch, max_steps=0):
@@ -589,7 +595,7 @@ def _epoch_stream(info, stored, batch_size, seed, first_epoch, max_steps=0):
 
 
 def _epoch_batch(info, stored_batch, key, step):
-    x = _to_unit(info.pixels, stored_batch)
+    x = to_unit(info.pixels, stored_batch)
     if not info.dynamic_binarization:
         return x
     seed = tf.random.experimental.stateless_fold_in(key, step)

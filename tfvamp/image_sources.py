@@ -115,7 +115,7 @@ def open_source(spec, options=SourceOptions()):
 
 def from_arrays(name, splits, options=SourceOptions()):
     """An `ImageSet` from in-memory arrays: {split: images} with at least `train`."""
-    checked = {split: _check_array(np.asarray(images), f"{name} ({split})") for split, images in splits.items()}
+    checked = {split: check_array(np.asarray(images), f"{name} ({split})") for split, images in splits.items()}
     return _finish(name, checked, options, ())
 
 
@@ -143,7 +143,7 @@ def _read_folder(path, options):
             tagged.setdefault(tag, []).append(file)
     if not images:
         raise DataError(f"folder {path!r}: none of its {len(files)} image files could be read.")
-    return ({"train": _convert(_check_array(_stack(images, kept, options), path), path, options)},
+    return ({"train": _convert(check_array(_stack(images, kept, options), path), path, options)},
             tag_notes({tag: tagged[tag] for tag in TAGS if tag in tagged}), tuple(skipped))
 
 
@@ -300,6 +300,21 @@ def check_array_header(shape, dtype, available_bytes, what):
                         f"corrupt (refused before allocating). {_RESAVE}")
 
 
+def _read_header_3_0(f, version):
+    """(shape, dtype) of a format-3.0 .npy header: a 4-byte length, then a utf-8 Python dict
+    literal with 'descr', 'fortran_order' and 'shape' (the .npy format's specification)."""
+    import ast  # pylint: disable=import-outside-toplevel
+    import struct  # pylint: disable=import-outside-toplevel
+
+    if version != (3, 0):
+        raise ValueError(f"unknown .npy format version {version}")
+    (length,) = struct.unpack("<I", f.read(4))
+    header = ast.literal_eval(f.read(length).decode("utf-8"))
+    if not isinstance(header, dict) or not {"descr", "fortran_order", "shape"} <= set(header):
+        raise ValueError(f"not a .npy header: {header!r}")
+    return tuple(header["shape"]), np.lib.format.descr_to_dtype(header["descr"])
+
+
 def read_array_header(f, what):
     """(shape, dtype) of the .npy stream `f` (a file or an .npz member), which is left at the
     start of the data; a DataError naming `what` for a header that cannot be read."""
@@ -310,9 +325,8 @@ def read_array_header(f, what):
             shape, _, dtype = fmt.read_array_header_1_0(f)
         elif version == (2, 0):
             shape, _, dtype = fmt.read_array_header_2_0(f)
-        else:  # 3.0 (utf-8 field names) has no public reader; NumPy 2 keeps the private one elsewhere
-            private = getattr(np.lib, "_format_impl", fmt)
-            shape, _, dtype = private._read_array_header(f, version)  # pylint: disable=protected-access
+        else:  # 3.0: the 2.0 layout with a utf-8 header (field names), which NumPy has no public reader for
+            shape, dtype = _read_header_3_0(f, version)
     except Exception as e:  # numpy raises ValueError, but a corrupt header can give others (SyntaxError, ...)
         raise DataError(f"{what}: its .npy header cannot be read ({type(e).__name__}: {e}); the file is truncated "
                         f"or not a numpy array. {_RESAVE}") from None
@@ -336,7 +350,7 @@ def _load_npy(path):
     return _read_body(lambda: open(path, "rb"), path)
 
 
-def _load_npz_member(archive, info, what):
+def load_npz_member(archive, info, what):
     if not info.filename.endswith(".npy"):
         raise DataError(f"{what}: the member {info.filename!r} is not a .npy array. {_RESAVE}")
     try:
@@ -357,7 +371,7 @@ def _read_array_file(path, options):
     with open(path, "rb") as f:
         start = f.read(6)
     if start == b"\x93NUMPY":
-        return {"train": _convert(_resize_array(_check_array(_load_npy(path), path), path, options), path,
+        return {"train": _convert(resize_array(check_array(_load_npy(path), path), path, options), path,
                                   options)}, (), ()
     if not start.startswith(b"PK"):
         raise DataError(f"{path} cannot be read as a .npy/.npz file (it starts with {start!r}, neither numpy's "
@@ -387,12 +401,12 @@ def _read_array_file(path, options):
         splits = {}
         for key in named or names:
             what = f"{path}[{key}]"
-            images = _check_array(_load_npz_member(archive, members[key], what), what)
-            splits["train" if not named else key] = _convert(_resize_array(images, what, options), path, options)
+            images = check_array(load_npz_member(archive, members[key], what), what)
+            splits["train" if not named else key] = _convert(resize_array(images, what, options), path, options)
         return splits, notes, ()
 
 
-def _resize_array(array, what, options):
+def resize_array(array, what, options):
     """Checked images `[N, H, W, C]` at --image_size (uint8), by the same Pillow resize or crop as
     files get; unchanged without --image_size. Binary images (all 0 or 1) are resized as black
     and white (0 / 255), float ones as k / 255 rounded to the nearest k, as files would be."""
@@ -445,7 +459,7 @@ def _read_tfds(name, options):
         if split in SPLITS:
             what = f"tfds:{name} ({split})"
             images = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, shuffle_files=False))["image"]
-            splits[split] = _convert(_resize_array(_check_array(images, what), what, options), f"tfds:{name}", options)
+            splits[split] = _convert(resize_array(check_array(images, what), what, options), f"tfds:{name}", options)
     if "train" not in splits:
         raise DataError(f"TFDS dataset {name!r} has no 'train' split (splits: {', '.join(builder.info.splits)}).")
     return splits, (), ()
@@ -468,7 +482,7 @@ def _tfds_prepare(builder, name):
 
 
 # ---- checking and converting ----------------------------------------------------------------------
-def _check_array(array, what):
+def check_array(array, what):
     """Images `[N, H, W]` or `[N, H, W, C]` of a numeric dtype with values a picture can have."""
     if array.dtype == bool:
         array = array.astype(np.uint8)
@@ -499,10 +513,10 @@ def _convert(array, what, options):
         stored = np.round(array * 255.0).astype(np.uint8)
     else:
         stored = array.astype(np.uint8)
-    return _set_channels(stored, what, options.channels)
+    return set_channels(stored, what, options.channels)
 
 
-def _set_channels(images, what, channels):
+def set_channels(images, what, channels):
     if not channels or images.shape[-1] == channels:
         return images
     if channels == 3 and images.shape[-1] == 1:

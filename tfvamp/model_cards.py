@@ -39,8 +39,7 @@ def data_files(dataset):
 
     if dataset not in data.NAMES:
         return []
-    builder = data._builder(dataset, None)  # pylint: disable=protected-access
-    return [(s.name, s.sha256[0] if s.sha256 else None) for s in builder.SOURCES]
+    return [(s.name, s.sha256[0] if s.sha256 else None) for s in data.original_files(dataset)]
 
 
 def test_images(config, data_dir=None, manual_dir=None):
@@ -115,7 +114,7 @@ def _pictures(model, images, export_dir, seed):
                           pictures.image_grid(u[:100], 10, scale=scale))
 
 
-def _value(number):
+def describe(number):
     if "bits_per_dim" in number:
         return f"{number['bits_per_dim']:.4f} ± {number['bits_per_dim_sem']:.4f} bits/dim"
     return f"{number['log_likelihood']:.2f} ± {number['log_likelihood_sem']:.2f} nats"
@@ -152,7 +151,7 @@ model, config = tfvamp.load_pretrained("{card['name']}")   # a Keras model, floa
 
 ## Test log-likelihood
 
-**{_value(test)}** (log p(x) = {test['log_likelihood']:.2f} ± {test['log_likelihood_sem']:.2f} nats per image):
+**{describe(test)}** (log p(x) = {test['log_likelihood']:.2f} ± {test['log_likelihood_sem']:.2f} nats per image):
 importance sampling with S = {test['num_samples']} samples per image (batch i of 100 images seeded
 {test['seed']} + i), over all {test['num_images']} test images; ± one standard error over the
 images. `tests/test_pretrained.py` recomputes it from these files in a fresh process.

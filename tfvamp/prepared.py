@@ -445,7 +445,7 @@ def array_members(path):
 
     def loader(name):
         # Header checked, then read whole: image_sources' reader refuses forged headers and corrupt data.
-        return lambda: image_sources._load_npz_member(archive, infos[name], f"{path}[{name}]")  # pylint: disable=protected-access
+        return lambda: image_sources.load_npz_member(archive, infos[name], f"{path}[{name}]")
 
     return {("train" if not named else n): (loader(n), f"{path}[{n}]") for n in (named or names)}, notes
 
@@ -453,14 +453,14 @@ def array_members(path):
 def to_uint8(chunk, what, options):
     """Checked images `[n, H, W(, C)]` (uint8, bool, or float in [0, 1]) -> uint8 `[n, H', W', C']`:
     float k / 255 rounded to k, then --image_size and --channels as for files."""
-    chunk = image_sources._check_array(chunk, what)  # pylint: disable=protected-access
+    chunk = image_sources.check_array(chunk, what)
     if options.image_size:
-        chunk = image_sources._resize_array(chunk, what, options)  # pylint: disable=protected-access
+        chunk = image_sources.resize_array(chunk, what, options)
     elif chunk.dtype.kind == "f":
         chunk = np.round(chunk * 255.0).astype(np.uint8)
     else:
         chunk = chunk.astype(np.uint8)
-    return image_sources._set_channels(chunk, what, options.channels)  # pylint: disable=protected-access
+    return image_sources.set_channels(chunk, what, options.channels)
 
 
 # ---- reading ------------------------------------------------------------------------------------

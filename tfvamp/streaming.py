@@ -53,7 +53,7 @@ def _options():
 def _unit(store):
     from tfvamp import data  # pylint: disable=import-outside-toplevel
 
-    return data._to_unit  # pylint: disable=protected-access
+    return data.to_unit
 
 
 def _static_binarized(store, split):
