@@ -27,4 +27,15 @@ setup(
         "tqdm>=4.66",
     ],
     extras_require={"test": ["pytest>=8"]},
+    # The command-line programs (tfvamp/cli/); scripts/*.py run the same main()s from a checkout.
+    entry_points={"console_scripts": [
+        "tfvamp-train = tfvamp.cli.train:main",
+        "tfvamp-evaluate = tfvamp.cli.evaluate:main",
+        "tfvamp-export = tfvamp.cli.export:main",
+        "tfvamp-sample = tfvamp.cli.sample:main",
+        "tfvamp-benchmark = tfvamp.cli.benchmark:main",
+        "tfvamp-prepare-data = tfvamp.cli.prepare_data:main",
+        "tfvamp-compare-runs = tfvamp.cli.compare_runs:main",
+        "tfvamp-report = tfvamp.cli.report:main",
+    ]},
 )

@@ -128,8 +128,6 @@ FLAGS = (
      "high: 2x for 28x28 images)."),
     ("checkpoints_to_keep", "integer", 3, None, "Epoch checkpoints kept in <model_dir>/checkpoints."),
     ("progress", "bool", True, None, "A progress bar per epoch on the console."),
-    ("benchmark_xla", "integer", 0, None, "If > 0: time this many train steps with and without XLA, print the "
-     "numbers and exit (no training)."),
 )
 FLAG_NAMES = tuple(spec[0] for spec in FLAGS)
 # The smallest value of every integer flag.

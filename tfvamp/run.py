@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 
+import numpy as np
 import tensorflow as tf
 
 from tfvamp import checkpointing
@@ -170,22 +171,41 @@ def evaluate_best(model, config, test_dataset, summary, num_test=None):
     test, per_example = evaluation.evaluate(model, dataset, num_samples=config["eval_samples"],
                                             chunk_size=config["eval_chunk_size"] or None,
                                             progress=config["progress"])
-    step = int(summary.get("epochs_trained", 0))
-    writer = tf.summary.create_file_writer(os.path.join(model_dir, checkpointing.TENSORBOARD_DIR))
-    evaluation.write_summaries(writer, test, step=step, prefix="test")
-    # Random positions: static MNIST's test file is in class order, its first batch one digit.
-    images = evaluation.pick_images(dataset, int(config["eval_batch_size"]), test["num_examples"],
-                                    seed=int(config["seed"]))
     pixel = config["model"] == "pixelhvae"  # autoregressive sampling is slow on CPU
-    evaluation.write_pictures(model, images, os.path.join(model_dir, "pictures"),
-                              log_likelihoods=per_example["log_likelihood"], usage=per_example.get("component_usage"),
-                              writer=writer, step=step, num_samples=min(int(config["num_images"]), 16 if pixel else 64),
-                              seed=int(config["seed"]), scale=config["picture_scale"] or None, prefix="test_images")
-    writer.close()
-    _write_projector(model, dataset, per_example, os.path.join(model_dir, checkpointing.TENSORBOARD_DIR))
+    write_evaluation(
+        model, dataset, test, per_example, os.path.join(model_dir, checkpointing.TENSORBOARD_DIR),
+        os.path.join(model_dir, "pictures"), step=int(summary.get("epochs_trained", 0)), prefix="test",
+        pictures=dict(num_shown=int(config["eval_batch_size"]), seed=int(config["seed"]),
+                      num_samples=min(int(config["num_images"]), 16 if pixel else 64),
+                      scale=config["picture_scale"] or None, prefix="test_images"))
     partial = num_test is not None and test["num_examples"] < int(num_test)
     return dict(test, best_epoch=summary.get("best_epoch"), eval_samples=int(config["eval_samples"]),
                 partial_test_set=bool(partial))
+
+
+def write_evaluation(model, dataset, summary, per_example, log_dir, picture_dir, *, step=0, prefix="eval",
+                     pictures=None):
+    """Records an evaluation of `model` on `dataset` (`evaluation.evaluate`'s summary and
+    per-example arrays): the numbers as TensorBoard scalars `<prefix>/...` in `log_dir`; with
+    `pictures` (a dict: `num_shown` images picked at seeded random positions, test sets being
+    sorted by class, and the other keyword arguments of `evaluation.write_pictures`, whose `seed`
+    also picks them) the PNG files in `picture_dir`, the same pictures in TensorBoard, and the
+    projector of the top latent means. Returns {picture: path}.
+    """
+    writer = tf.summary.create_file_writer(log_dir)
+    evaluation.write_summaries(writer, summary, step=step, prefix=prefix)
+    paths = {}
+    if pictures is not None:
+        options = dict(pictures)
+        shown = options.pop("num_shown")
+        images = evaluation.pick_images(dataset, shown, summary["num_examples"], seed=options.get("seed", 0))
+        paths = evaluation.write_pictures(model, images, picture_dir, log_likelihoods=per_example["log_likelihood"],
+                                          usage=per_example.get("component_usage"), writer=writer, step=step,
+                                          **options)
+    writer.close()
+    if pictures is not None:
+        paths["projector"] = _write_projector(model, dataset, per_example, log_dir)
+    return paths
 
 
 def _write_projector(model, dataset, per_example, log_dir):
@@ -197,6 +217,84 @@ def _write_projector(model, dataset, per_example, log_dir):
         return None
     means = per_example[f"{model.top_latent_name}_mean"][:limit]
     return evaluation.write_projector(log_dir, means, images, per_example["log_likelihood"][:limit])
+
+
+# What `evaluate_run` does unless told otherwise (scripts/evaluate.py's flags).
+EVALUATE_DEFAULTS = dict(split="test", which="best", images=None, eval_samples=5000, chunk_size=0, compute_dtype=None,
+                         prior_dtype="float32", eval_batch_size=0, max_batches=0, dataset=None, data_dir=None,
+                         manual_dir=None, pictures=True, num_pictures=64, num_reconstructions=32, num_pseudo_inputs=8,
+                         samples_per_pseudo_input=8, picture_scale=0, seed=0, progress=True)
+
+
+def evaluate_run(model_dir, **options):
+    """Evaluates a run directory's weights on a split (or on the images of a .npy file) and
+    writes `results.json` ({split: summary and what it was of}, merged), `eval_<split>.npz`
+    (per-example arrays), `pictures/` and `tensorboard/eval/` (scalars, pictures, projector).
+
+    `options` (`EVALUATE_DEFAULTS`) are scripts/evaluate.py's flags; `seed` seeds the importance
+    samples (batch i uses seed + i), the pictures and the choice of images shown.
+    Returns {"split", "summary", "results_path", "pictures": {name: path}}.
+    """
+    unknown = set(options) - set(EVALUATE_DEFAULTS)
+    if unknown:
+        raise ValueError(f"Unknown evaluate_run options {sorted(unknown)}; known: {sorted(EVALUATE_DEFAULTS)}.")
+    o = dict(EVALUATE_DEFAULTS, **options)
+    model, config = checkpointing.load_model(model_dir, o["which"], compute_dtype=o["compute_dtype"])
+    batch_size = o["eval_batch_size"] or int(config.get("eval_batch_size") or 100)
+    split, dataset = _evaluation_data(config, o, batch_size)
+    if o["max_batches"]:
+        dataset = dataset.take(o["max_batches"])
+    pictures = dict(num_shown=o["num_reconstructions"], num_samples=o["num_pictures"],
+                    num_reconstructions=o["num_reconstructions"], num_pseudo_inputs=o["num_pseudo_inputs"],
+                    samples_per_pseudo_input=o["samples_per_pseudo_input"], seed=o["seed"],
+                    scale=o["picture_scale"] or None, prefix=f"eval_{split}")
+    summary, per_example = evaluation.evaluate(
+        model, dataset, num_samples=o["eval_samples"], chunk_size=o["chunk_size"] or None,
+        prior_dtype=o["prior_dtype"], seed=o["seed"], progress=o["progress"])
+    results_path = evaluation.save_results(model_dir, summary, split, **_evaluation_record(model_dir, config, summary, o))
+    np.savez(os.path.join(model_dir, f"eval_{split}.npz"), **per_example)
+    paths = write_evaluation(model, dataset, summary, per_example,
+                             os.path.join(model_dir, checkpointing.TENSORBOARD_DIR, "eval"),
+                             os.path.join(model_dir, "pictures"), prefix=f"eval_{split}",
+                             pictures=pictures if o["pictures"] else None)
+    return {"split": split, "summary": summary, "results_path": results_path, "pictures": paths}
+
+
+def _evaluation_data(config, o, batch_size):
+    """(split name, batches): the run's dataset split (only that split is built), or a .npy file
+    `[N, H, W, C]` in [0, 1] named by its base name."""
+    if o["images"]:
+        images = np.load(o["images"]).astype(np.float32)
+        return (os.path.splitext(os.path.basename(o["images"]))[0],
+                tf.data.Dataset.from_tensor_slices(images).batch(batch_size))
+    from tfvamp import data  # pylint: disable=import-outside-toplevel  (TFDS is slow to import)
+    name = o["dataset"] or config.get("dataset")
+    if not name:
+        raise ValueError("config.json names no dataset; pass --dataset.")
+    options = flags.source_options({**flags.default_config(), **config, "dataset": name})
+    return o["split"], data.load_split(name, o["split"], batch_size, data_dir=o["data_dir"] or config.get("data_dir"),
+                                       manual_dir=o["manual_dir"] or config.get("manual_dir"), options=options)
+
+
+def _evaluation_record(model_dir, config, summary, o):
+    """What an evaluation was of, stored beside its numbers."""
+    from tfvamp import data  # pylint: disable=import-outside-toplevel
+
+    checkpoint = checkpointing.checkpoint_path(model_dir, o["which"])
+    known = checkpointing.load_results(model_dir).get("data", {}).get("num_examples", {})
+    name = o["dataset"] or config.get("dataset")
+    if not known and name in data.NAMES:
+        known = data.get_info(name).num_examples
+    size = None if o["images"] else known.get(o["split"])
+    try:
+        best_epoch = int(tf.train.load_variable(checkpoint, "epoch/.ATTRIBUTES/VARIABLE_VALUE"))
+    except (ValueError, tf.errors.NotFoundError):
+        best_epoch = None
+    return {"checkpoint": os.path.relpath(checkpoint, model_dir), "best_epoch": best_epoch,
+            "dataset": o["images"] or o["dataset"] or config.get("dataset"), "eval_samples": o["eval_samples"],
+            "partial_test_set": bool(o["max_batches"]) or (size is not None and summary["num_examples"] < size),
+            "compute_dtype": config.get("compute_dtype", "float32"), "prior_dtype": o["prior_dtype"],
+            "seed": o["seed"]}
 
 
 def _pending_steps(config, summary, done):
