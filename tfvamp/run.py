@@ -354,10 +354,14 @@ def _check_writable(config, is_chief):
     """Before anything else, that the run's outputs can be written (not after hours of training)."""
     if not is_chief:
         return
-    try:  # the export's folder first: checking the run's creates model_dir
-        if config["export"]:
+    model_dir = os.path.abspath(config["model_dir"])
+    inside = os.path.abspath(str(config["export_dir"])).startswith(model_dir + os.sep)
+    try:  # an export elsewhere first (checking the run's folder creates it); one inside it after
+        if config["export"] and not inside:
             export.check_writable(config["export_dir"])
         checkpointing.check_writable(config["model_dir"], "the run", "Choose another --model_dir.")
+        if config["export"] and inside:
+            export.check_writable(config["export_dir"])
     except OSError as e:
         raise RunError(str(e)) from None
 
