@@ -489,12 +489,20 @@ def parser(prepared):
     return parse
 
 
+def _batched_records(prepared, split, batch=4096):
+    """(index, images) NumPy batches of a split in order, parsed a batch at a time."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    ds = tf.data.TFRecordDataset(prepared.files(split), buffer_size=1 << 20).batch(batch).map(parser(prepared))
+    return ds.as_numpy_iterator()
+
+
 def read_split(prepared, split):
     """A whole split as the array `tfvamp.image_sources` would hold: uint8 `[N, H, W, C]` (8-bit
     data) or float32 in {0, 1} (binary data)."""
     out = np.empty((prepared.count(split),) + prepared.image_shape, np.uint8)
     start = 0
-    for _, images in records(prepared, split).batch(4096).as_numpy_iterator():
+    for _, images in _batched_records(prepared, split):
         out[start:start + len(images)] = images
         start += len(images)
     return out.astype(np.float32) if prepared.binary else out
@@ -506,7 +514,7 @@ def read_rows(prepared, split, rows):
     out = np.empty((len(rows),) + prepared.image_shape, np.uint8)
     wanted, start, filled = set(int(r) for r in rows), 0, 0
     position = {int(r): i for i, r in enumerate(rows)}
-    for _, images in records(prepared, split).batch(4096).as_numpy_iterator():
+    for _, images in _batched_records(prepared, split):
         for offset in range(len(images)):
             if start + offset in wanted:
                 out[position[start + offset]] = images[offset]
