@@ -75,7 +75,7 @@ def test_the_card_number_is_recomputed_in_a_fresh_process(name, shared_data):
         from tfvamp import model_cards, pretrained
         model, config = tfvamp.load_pretrained("{name}")
         card = pretrained.load_card("{name}")
-        images = model_cards.test_images(config)
+        images = model_cards.card_subset(model_cards.test_images(config), card["test"]["num_images"])
         number = model_cards.measure(model, images, card["test"]["num_samples"], card["test"]["seed"])
         served = tf.saved_model.load("saved_models/{name}")
         keras_mean = model.encode(images[:8])

@@ -49,6 +49,14 @@ def test_images(config, data_dir=None, manual_dir=None):
     return data.as_numpy(config["dataset"], "test", data_dir=data_dir, manual_dir=manual_dir)
 
 
+def card_subset(images, num_images):
+    """The card's test images: every k-th image in file order, `num_images` of them (all for 0).
+    Evenly spread, since some test files are sorted (static MNIST's by digit)."""
+    if not num_images or num_images >= len(images):
+        return images
+    return images[::len(images) // int(num_images)][:int(num_images)]
+
+
 def measure(model, images, num_samples, seed, batch_size=100):
     """The card's number: per-image IS log-likelihoods (batch i seeded seed + i), summarised."""
     summary, per_example = evaluation.evaluate(model, images, num_samples=num_samples, seed=seed, progress=False)
@@ -64,15 +72,17 @@ def measure(model, images, num_samples, seed, batch_size=100):
     return out
 
 
-def ship(model_dir, name, retrain, *, num_samples=1000, seed=0, root=pretrained.SAVED_MODELS, data_dir=None,
-         manual_dir=None, trained_commit=None):
-    """Exports the best weights of `model_dir` into `<root>/<name>` with its card; returns the card."""
+def ship(model_dir, name, retrain, *, num_samples=1000, seed=0, num_images=0, root=pretrained.SAVED_MODELS,
+         data_dir=None, manual_dir=None, trained_commit=None):
+    """Exports the best weights of `model_dir` into `<root>/<name>` with its card; returns the card.
+    `num_images`: the card's number over this many test images (`card_subset`; 0: all), so that the
+    test recomputing it stays cheap for large test sets."""
     model, config = checkpointing.load_model(model_dir, "best", compute_dtype="float32")
     export_dir = os.path.join(root, name)
     export.export_saved_model(model, export_dir, config=config)
     results = checkpointing.load_results(model_dir)
     images = test_images(config, data_dir, manual_dir)
-    number = measure(model, images, num_samples, seed)
+    number = measure(model, card_subset(images, num_images), num_samples, seed)
     training = results.get("training", {})
     test = results.get("test", {})
     card = {
@@ -153,8 +163,8 @@ model, config = tfvamp.load_pretrained("{card['name']}")   # a Keras model, floa
 
 **{describe(test)}** (log p(x) = {test['log_likelihood']:.2f} ± {test['log_likelihood_sem']:.2f} nats per image):
 importance sampling with S = {test['num_samples']} samples per image (batch i of 100 images seeded
-{test['seed']} + i), over all {test['num_images']} test images; ± one standard error over the
-images. `tests/test_pretrained.py` recomputes it from these files in a fresh process.
+{test['seed']} + i), over {test['num_images']} test images (`tfvamp.model_cards.card_subset`: every
+k-th in file order; all of them when that is the whole split); ± one standard error over the images. `tests/test_pretrained.py` recomputes it from these files in a fresh process.
 {run_line}
 ## Data
 
