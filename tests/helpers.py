@@ -1,7 +1,9 @@
 """Small helpers shared by the tests (imported as `helpers`: pytest puts tests/ on sys.path)."""
 import collections
 import glob
+import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -93,3 +95,37 @@ def checkpoint_tensors(path):
             if not name.startswith("_CHECKPOINTABLE_OBJECT_GRAPH")}
 
 
+
+
+def free_ports(n):
+    """`n` free TCP ports on loopback."""
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def run_workers(driver, args, num_workers=2, timeout=300, **env):
+    """Runs `python driver *args(index)` as `num_workers` MultiWorkerMirroredStrategy workers on
+    loopback (TF_CONFIG), all at once; asserts each exits 0 and returns their (stdout, stderr)."""
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(num_workers)]}
+    processes = []
+    for index in range(num_workers):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        processes.append(subprocess.Popen(
+            [sys.executable, str(driver)] + [str(a) for a in args(index)], cwd=ROOT,
+            env=script_env(TF_CONFIG=tf_config, **env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = []
+    try:
+        for p in processes:
+            outputs.append(p.communicate(timeout=timeout))
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+    for p, (_, err) in zip(processes, outputs):
+        assert p.returncode == 0, err[-5000:]
+    return outputs

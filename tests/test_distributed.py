@@ -6,7 +6,6 @@ worker is its own process.
 """
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -14,6 +13,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from helpers import run_workers
 from tfvamp import distribute
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -109,22 +109,10 @@ def test_mirrored_two_cpus_equals_one_device():
         assert r["slots"] < 1e-5, (model, r)
 
 
-def free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def test_multi_worker_two_processes_train_one_epoch_to_identical_weights(tmp_path, real_data_dir):
     """Two workers on loopback (TF_CONFIG) train one full Frey epoch together; both end with
     the same weights, only the chief writes checkpoints/TensorBoard/results, and both exit."""
     data_dir = real_data_dir("frey_faces")
-    ports = free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     model_dir = tmp_path / "run"
     driver = tmp_path / "worker.py"
     driver.write_text(textwrap.dedent("""
@@ -152,23 +140,7 @@ def test_multi_worker_two_processes_train_one_epoch_to_identical_weights(tmp_pat
               int(trainer.optimizer.iterations.numpy()), flush=True)
         np.savez(sys.argv[3], *[w.numpy() for w in trainer.model.weights])
     """))
-    processes = []
-    for index in range(2):
-        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1", TF_CONFIG=tf_config)
-        processes.append(subprocess.Popen(
-            [sys.executable, str(driver), str(model_dir), data_dir, str(tmp_path / f"weights{index}.npz")],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    outputs = []
-    try:
-        for p in processes:
-            outputs.append(p.communicate(timeout=300))
-    finally:
-        for p in processes:
-            if p.poll() is None:
-                p.kill()
-    for p, (out, err) in zip(processes, outputs):
-        assert p.returncode == 0, err[-5000:]
+    outputs = run_workers(driver, lambda index: [model_dir, data_dir, tmp_path / f"weights{index}.npz"])
     assert "REPLICAS 2 CHIEF True STEPS 15" in outputs[0][0]   # 1565 // 100 global batches
     assert "REPLICAS 2 CHIEF False STEPS 15" in outputs[1][0]
     a, b = np.load(tmp_path / "weights0.npz"), np.load(tmp_path / "weights1.npz")

@@ -224,17 +224,11 @@ def test_two_workers_on_loopback_train_a_streamed_folder(tmp_path):
     """MultiWorkerMirroredStrategy over two processes: each builds its input pipeline from its
     own context (pipeline i of 2, its own shards), both make the same steps and end with the same
     weights."""
-    import json
-    import subprocess
-    import sys
     import textwrap
 
-    from helpers import ROOT
-    from test_distributed import free_ports
+    from helpers import run_workers
 
     _folder(tmp_path / "images", n=240, shape=(12, 12, 1))
-    ports = free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     driver = tmp_path / "worker.py"
     driver.write_text(textwrap.dedent("""
         import sys
@@ -268,25 +262,8 @@ def test_two_workers_on_loopback_train_a_streamed_folder(tmp_path):
               flush=True)
         np.savez(sys.argv[4], *[w.numpy() for w in trainer.model.weights])
     """))
-    processes = []
-    for index in range(2):
-        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1", TF_CONFIG=tf_config,
-                   TFVAMP_IN_MEMORY_MB="0")
-        processes.append(subprocess.Popen(
-            [sys.executable, str(driver), str(tmp_path / "images"), str(tmp_path / "run"), str(tmp_path / "tfds"),
-             str(tmp_path / f"weights{index}.npz")],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    outputs = []
-    try:
-        for p in processes:
-            outputs.append(p.communicate(timeout=300))
-    finally:
-        for p in processes:
-            if p.poll() is None:
-                p.kill()
-    for p, (out, err) in zip(processes, outputs):
-        assert p.returncode == 0, err[-5000:]
+    outputs = run_workers(driver, lambda index: [tmp_path / "images", tmp_path / "run", tmp_path / "tfds",
+                                                 tmp_path / f"weights{index}.npz"], TFVAMP_IN_MEMORY_MB="0")
     # 192 training images (48 carved), global batch 20: 9 steps an epoch, 2 epochs.
     for index, (out, _) in enumerate(outputs):
         assert f"STORAGE streamed CONTEXTS [(2, {index})] STEPS 18" in out, out[-2000:]

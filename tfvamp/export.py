@@ -54,6 +54,7 @@ import tensorflow as tf
 
 from tfvamp import checkpointing
 from tfvamp import estimator
+from tfvamp import pretrained
 from tfvamp import priors
 
 CONFIG_FILE = "tfvamp_config.json"  # written to <export_dir>/assets.extra/
@@ -235,8 +236,8 @@ def export_saved_model(model, export_dir, config=None, max_samples=MAX_SAMPLES,
     tf.saved_model.save(served, temporary, signatures=served.serving_signatures())
     checkpointing.write_json(os.path.join(temporary, "assets.extra", CONFIG_FILE), config or model.get_config())
     # Each exported variable's name, for starting another model from this one (tfvamp.pretrained).
-    checkpointing.write_json(os.path.join(temporary, "assets.extra", "tfvamp_variables.json"),
-                             [{"path": v.path, "shape": list(v.shape)} for v in model.variables])
+    checkpointing.write_json(os.path.join(temporary, "assets.extra", pretrained.VARIABLES_FILE),
+                             pretrained.variable_records(model))
     previous = f"{export_dir}.previous-{os.getpid()}"
     if os.path.exists(export_dir):
         os.replace(export_dir, previous)

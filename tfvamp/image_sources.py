@@ -270,12 +270,17 @@ def _stack(images, files, options):
         shapes.setdefault(image.shape, file)
     if len(shapes) > 1:
         (a, file_a), (b, file_b) = list(shapes.items())[:2]
-        if a[:2] != b[:2]:
-            raise DataError(f"images of different sizes: {file_a} is {a[0]}x{a[1]}, {file_b} is {b[0]}x{b[1]}. Fix: "
-                            "--image_size=HxW resizes (or, with --resize=crop, centre-crops) them all.")
-        raise DataError(f"grey and colour images are mixed ({file_a} has {a[2]} channel(s), {file_b} {b[2]}). Fix: "
-                        "--channels=1 (all grey) or --channels=3 (all RGB).")
+        raise mixed_images(a, file_a, b, file_b)
     return np.stack(images)
+
+
+def mixed_images(a, file_a, b, file_b):
+    """The DataError for two image files of shapes `a` and `b` `(H, W, C)` that cannot stack."""
+    if a[:2] != b[:2]:
+        return DataError(f"images of different sizes: {file_a} is {a[0]}x{a[1]}, {file_b} is {b[0]}x{b[1]}. Fix: "
+                         "--image_size=HxW resizes (or, with --resize=crop, centre-crops) them all.")
+    return DataError(f"grey and colour images are mixed ({file_a} has {a[2]} channel(s), {file_b} {b[2]}). Fix: "
+                     "--channels=1 (all grey) or --channels=3 (all RGB).")
 
 
 _RESAVE = "Fix: save the images again with numpy.save / numpy.savez (uint8, bool or float; no object arrays), or copy " \
@@ -377,33 +382,42 @@ def _read_array_file(path, options):
         raise DataError(f"{path} cannot be read as a .npy/.npz file (it starts with {start!r}, neither numpy's "
                         "header nor a zip archive). Fix: save the images with numpy.save or numpy.savez (no object "
                         "arrays).")
+    archive, members, notes = open_npz(path)
+    with archive:
+        splits = {}
+        for split, (info, what) in members.items():
+            images = check_array(load_npz_member(archive, info, what), what)
+            splits[split] = _convert(resize_array(images, what, options), path, options)
+        return splits, notes, ()
+
+
+def open_npz(path):
+    """An .npz file's images, nothing read but its directory: (the open `zipfile.ZipFile`,
+    {split: (member info, 'path[member]')}, notes). One unnamed array is `train`; named ones must
+    include `train`, and other names are ignored with a note."""
     try:
         archive = zipfile.ZipFile(path)
     except Exception as e:  # BadZipFile for a truncated archive (no central directory), OSError, ...
         raise DataError(f"{path} cannot be read as a .npz file: it is not a complete zip archive ({type(e).__name__}: "
                         f"{e}); it may be truncated (an interrupted copy or save). Fix: copy it again, or save the "
                         "images again with numpy.savez.") from None
-    with archive:
-        members = {}
-        for info in archive.infolist():
-            members.setdefault(info.filename[:-4] if info.filename.endswith(".npy") else info.filename, info)
-        names = list(members)
-        named = [n for n in names if n in SPLITS]
-        if named and "train" not in named:
-            raise DataError(f"{path} has arrays {names} but no 'train'. Fix: name the training images 'train' "
-                            "(and optionally 'validation', 'test').")
-        if not named and len(names) != 1:
-            raise DataError(f"{path} holds {len(names)} arrays ({', '.join(names)}): give one array, or name them "
-                            "train / validation / test.")
-        extra = [n for n in names if n not in SPLITS] if named else []
-        notes = (f"{path}: ignored its array(s) {_some(extra)} (only train / validation / test are read)",) \
-            if extra else ()
-        splits = {}
-        for key in named or names:
-            what = f"{path}[{key}]"
-            images = check_array(load_npz_member(archive, members[key], what), what)
-            splits["train" if not named else key] = _convert(resize_array(images, what, options), path, options)
-        return splits, notes, ()
+    members = {}
+    for info in archive.infolist():
+        members.setdefault(info.filename[:-4] if info.filename.endswith(".npy") else info.filename, info)
+    names = list(members)
+    named = [n for n in names if n in SPLITS]
+    if named and "train" not in named:
+        archive.close()
+        raise DataError(f"{path} has arrays {names} but no 'train'. Fix: name the training images 'train' "
+                        "(and optionally 'validation', 'test').")
+    if not named and len(names) != 1:
+        archive.close()
+        raise DataError(f"{path} holds {len(names)} arrays ({', '.join(names)}): give one array, or name them "
+                        "train / validation / test.")
+    extra = [n for n in names if n not in SPLITS] if named else []
+    notes = (f"{path}: ignored its array(s) {_some(extra)} (only train / validation / test are read)",) \
+        if extra else ()
+    return archive, {("train" if not named else k): (members[k], f"{path}[{k}]") for k in (named or names)}, notes
 
 
 def resize_array(array, what, options):

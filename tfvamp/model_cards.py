@@ -57,18 +57,16 @@ def card_subset(images, num_images):
     return images[::len(images) // int(num_images)][:int(num_images)]
 
 
-def measure(model, images, num_samples, seed, batch_size=100):
-    """The card's number: per-image IS log-likelihoods (batch i seeded seed + i), summarised."""
+def measure(model, images, num_samples, seed):
+    """The card's number: per-image IS log-likelihoods (batch i of 100 seeded seed + i), summarised."""
     summary, per_example = evaluation.evaluate(model, images, num_samples=num_samples, seed=seed, progress=False)
     ll = per_example["log_likelihood"]
     out = {"log_likelihood": float(np.mean(ll)), "log_likelihood_sem": float(np.std(ll, ddof=1) / np.sqrt(len(ll))),
            "num_images": int(len(ll)), "num_samples": int(num_samples), "seed": int(seed),
            "elbo": summary["elbo"]}
     if evaluation.uses_bits_per_dim(model):
-        scale = 1.0 / (model.num_pixels * np.log(2.0))
-        out["bits_per_dim"] = float(-np.mean(ll) * scale)
-        out["bits_per_dim_sem"] = out["log_likelihood_sem"] * scale
-    del batch_size
+        out["bits_per_dim"] = float(evaluation.bits_per_dim(out["log_likelihood"], model.num_pixels))
+        out["bits_per_dim_sem"] = -float(evaluation.bits_per_dim(out["log_likelihood_sem"], model.num_pixels))
     return out
 
 
@@ -115,7 +113,6 @@ def _pictures(model, images, export_dir, seed):
     scale = pictures.default_scale(model.image_shape[0])
     pictures.save_png(os.path.join(export_dir, "samples.png"), pictures.image_grid(samples, 8, scale=scale))
     if priors.has_pseudo_inputs(model.prior_name):
-        _, per_example = None, None
         means = model.encode_top(images[:1000])[0].numpy()
         usage = evaluation.component_usage(model, means)
         order = np.argsort(-usage, kind="stable")

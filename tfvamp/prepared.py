@@ -275,21 +275,11 @@ class _Preparation:
                         self.tags.setdefault(tag, []).append(file)
                     first_file.setdefault(image.shape, file)
                     if image.shape != (self.shape or image.shape):
-                        self._mixed(first_file, image.shape)
+                        raise image_sources.mixed_images(self.shape, first_file[self.shape], image.shape, file)
                     self._append(f, "train", image[None], file)
                 bar.update(len(block))
         if not self.counts.get("train"):
             raise DataError(f"folder {path!r}: none of its {len(files)} image files could be read.")
-
-    def _mixed(self, first_file, shape):
-        """The message of `image_sources` for images that do not stack."""
-        a, b = self.shape, shape
-        file_a, file_b = first_file[a], first_file[b]
-        if a[:2] != b[:2]:
-            raise DataError(f"images of different sizes: {file_a} is {a[0]}x{a[1]}, {file_b} is {b[0]}x{b[1]}. Fix: "
-                            "--image_size=HxW resizes (or, with --resize=crop, centre-crops) them all.")
-        raise DataError(f"grey and colour images are mixed ({file_a} has {a[2]} channel(s), {file_b} {b[2]}). Fix: "
-                        "--channels=1 (all grey) or --channels=3 (all RGB).")
 
     def _decode(self, file):
         try:
@@ -425,29 +415,13 @@ def array_members(path):
             shape, dtype = image_sources.read_array_header(f, path)
             image_sources.check_array_header(shape, dtype, os.fstat(f.fileno()).st_size - f.tell(), path)
         return {"train": (lambda: np.load(path, mmap_mode="r", allow_pickle=False), path)}, ()
-    try:
-        archive = zipfile.ZipFile(path)
-        infos = {(i.filename[:-4] if i.filename.endswith(".npy") else i.filename): i for i in archive.infolist()}
-    except Exception as e:  # BadZipFile (a truncated file), ...
-        raise DataError(f"{path} cannot be read as an .npz file ({type(e).__name__}: {e}); it may be truncated. "
-                        "Fix: save the images again with numpy.savez.") from None
-    names = list(infos)
-    named = [n for n in names if n in SPLITS]
-    if named and "train" not in named:
-        raise DataError(f"{path} has arrays {names} but no 'train'. Fix: name the training images 'train' "
-                        "(and optionally 'validation', 'test').")
-    if not named and len(names) != 1:
-        raise DataError(f"{path} holds {len(names)} arrays ({', '.join(names)}): give one array, or name them "
-                        "train / validation / test.")
-    extra = [n for n in names if n not in named] if named else []
-    notes = (f"ignored the arrays {', '.join(extra)} of {path} (only train / validation / test are read)",) \
-        if extra else ()
+    archive, members, notes = image_sources.open_npz(path)
 
-    def loader(name):
+    def loader(info, what):
         # Header checked, then read whole: image_sources' reader refuses forged headers and corrupt data.
-        return lambda: image_sources.load_npz_member(archive, infos[name], f"{path}[{name}]")
+        return lambda: image_sources.load_npz_member(archive, info, what)
 
-    return {("train" if not named else n): (loader(n), f"{path}[{n}]") for n in (named or names)}, notes
+    return {split: (loader(info, what), what) for split, (info, what) in members.items()}, notes
 
 
 def to_uint8(chunk, what, options):
@@ -512,11 +486,11 @@ def read_rows(prepared, split, rows):
     """Images at positions `rows` (sorted) of a split, in that order: one pass over its shards."""
     rows = np.asarray(rows)
     out = np.empty((len(rows),) + prepared.image_shape, np.uint8)
-    wanted, start, filled = set(int(r) for r in rows), 0, 0
+    start, filled = 0, 0
     position = {int(r): i for i, r in enumerate(rows)}
     for _, images in _batched_records(prepared, split):
         for offset in range(len(images)):
-            if start + offset in wanted:
+            if start + offset in position:
                 out[position[start + offset]] = images[offset]
                 filled += 1
         start += len(images)

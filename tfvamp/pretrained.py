@@ -17,7 +17,6 @@ shapes allow (fine-tuning: `--init_from`).
 import json
 import os
 
-import numpy as np
 import tensorflow as tf
 
 from tfvamp import checkpointing
@@ -146,8 +145,3 @@ def load_card(name_or_path):
     """The card's numbers (`card.json`) of a shipped model."""
     with open(os.path.join(resolve(name_or_path), CARD_FILE)) as f:
         return json.load(f)
-
-
-def bits_per_dim(log_likelihood, num_pixels):
-    """-log p(x) / (D ln 2), elementwise."""
-    return -np.asarray(log_likelihood, np.float64) / (num_pixels * np.log(2.0))

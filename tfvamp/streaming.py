@@ -27,6 +27,7 @@ import os
 
 import tensorflow as tf
 
+from tfvamp import data
 from tfvamp import prepared as prepared_sources
 
 CYCLE = 4  # shards read at once
@@ -50,12 +51,6 @@ def _options():
     return options
 
 
-def _unit(store):
-    from tfvamp import data  # pylint: disable=import-outside-toplevel
-
-    return data.to_unit
-
-
 def _static_binarized(store, split):
     options = store.options
     return options is not None and options.binarize == "static" and not store.prepared.binary
@@ -63,8 +58,6 @@ def _static_binarized(store, split):
 
 def _eval_binarize(grey, index, split):
     """pixel ~ Bernoulli(grey), drawn from (EVAL_BINARIZATION_SEED, split, image index)."""
-    from tfvamp import data  # pylint: disable=import-outside-toplevel
-
     def one(args):
         g, i = args
         seed = tf.stack([tf.constant(data.EVAL_BINARIZATION_SEED, tf.int64) * 3 + _EVAL_STREAM[split], i])
@@ -78,7 +71,7 @@ def _to_model(store, split, index, images, key=None, step=None):
     info = store.info
     if _static_binarized(store, split):
         return _eval_binarize(tf.cast(images, tf.float32) / 255.0, index, split)
-    x = _unit(store)(info.pixels, images)
+    x = data.to_unit(info.pixels, images)
     if not info.dynamic_binarization:
         return x
     if split != "train":
@@ -147,8 +140,6 @@ def training_epochs(store, batch_size, seed, first_epoch, max_steps=0, input_con
 
 def splits(store, batch_size, eval_batch_size, seed, drop_remainder=True, max_steps=0):
     """`tfvamp.data.Splits` of a streamed source."""
-    from tfvamp import data  # pylint: disable=import-outside-toplevel
-
     if not drop_remainder:
         raise ValueError("A streamed source always drops the last partial training batch.")
     count = store.prepared.count("train")
