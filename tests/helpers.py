@@ -126,6 +126,7 @@ def run_workers(driver, args, num_workers=2, timeout=300, **env):
         for p in processes:
             if p.poll() is None:
                 p.kill()
-    for p, (_, err) in zip(processes, outputs):
-        assert p.returncode == 0, err[-5000:]
+    failed = [f"worker {i} exited {p.returncode}:\n{err[-4000:]}"
+              for i, (p, (_, err)) in enumerate(zip(processes, outputs)) if p.returncode != 0]
+    assert not failed, "\n\n".join(failed)
     return outputs

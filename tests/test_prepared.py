@@ -133,6 +133,41 @@ def test_an_interrupted_preparation_is_never_used(tmp_path, monkeypatch):
     assert prepared.prepare(spec, options, progress=False).count("train") == 48
 
 
+def test_processes_preparing_one_source_at_once_take_turns(tmp_path, monkeypatch, capfd):
+    """Two preparations of one source at once (the workers of a multi-worker run): the second
+    waits for the first, decodes nothing and reads the first's copy, which stays intact."""
+    import threading
+
+    images = _folder(tmp_path / "images", n=40)
+    spec, options = f"folder:{tmp_path / 'images'}", _options(tmp_path)
+    real = image_sources.decode_image
+    decoded, started, release = [], threading.Event(), threading.Event()
+
+    def slow(file, opts):
+        started.set()
+        release.wait(timeout=60)
+        decoded.append(file)
+        return real(file, opts)
+
+    monkeypatch.setattr(image_sources, "decode_image", slow)
+    results = {}
+    first = threading.Thread(target=lambda: results.update(first=prepared.prepare(spec, options, progress=False)))
+    first.start()
+    assert started.wait(timeout=60)
+    second = threading.Thread(target=lambda: results.update(second=prepared.prepare(spec, options, progress=False)))
+    second.start()
+    deadline = time.time() + 60
+    while "Waiting for another process" not in capfd.readouterr().err and time.time() < deadline:
+        time.sleep(0.05)
+    release.set()
+    first.join(timeout=120)
+    second.join(timeout=120)
+    assert results["first"].path == results["second"].path
+    assert len(decoded) == len(images)  # decoded once, by the first
+    got = np.concatenate([prepared.read_split(results["second"], s) for s in data.SPLITS])
+    assert sorted(map(bytes, got)) == sorted(map(bytes, images))
+
+
 def test_a_full_disk_keeps_nothing_and_says_so(tmp_path, monkeypatch):
     _folder(tmp_path / "images")
     spec, options = f"folder:{tmp_path / 'images'}", _options(tmp_path)
@@ -149,7 +184,7 @@ def test_a_full_disk_keeps_nothing_and_says_so(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="disk filled.*nothing was kept.*--data_dir"):
         prepared.prepare(spec, options, progress=False)
     root = prepared.root_dir(options.data_dir)
-    assert os.listdir(root) == [] and prepared.find(spec, options) is None
+    assert [n for n in os.listdir(root) if not n.endswith(".lock")] == [] and prepared.find(spec, options) is None
 
 
 def _streamed(tmp_path, monkeypatch, n=120, batch=10, **kwargs):

@@ -16,7 +16,9 @@ never mixed in.
 
 Preparation writes into `<folder>.incomplete-<pid>-<random>` and renames it into place only when
 every shard and meta.json are written, so a run killed (or a disk that fills) half-way leaves
-nothing that a later run would trust; leftovers are removed by the next preparation.
+nothing that a later run would trust; leftovers are removed by the next preparation. Processes
+that prepare the same source at once take turns on `<folder>.lock`: one prepares, the others wait
+and then read its copy.
 
 Decoding runs on a thread pool (Pillow releases the GIL while decoding). Decoded images go to a
 temporary uint8 file on disk, not to memory: the splits that the source lacks are carved from
@@ -25,6 +27,7 @@ same images), and what training must know up front (shape, binary or 8-bit, the 
 initialisation, split counts) is computed in the same pass and kept in meta.json.
 """
 import concurrent.futures
+import contextlib
 import dataclasses
 import errno
 import hashlib
@@ -153,6 +156,8 @@ def _read_meta(path):
 def prepare(spec, options, progress=True):
     """`find(spec, options)`, preparing the source first if needed. Returns a `Prepared`.
 
+    Processes that prepare the same source at once (the workers of one multi-worker run) take
+    turns on a lock file beside the folder: the first prepares it, the others then find it.
     Raises DataError for unusable images (naming the file or array and the fix) and when the
     disk fills (nothing is kept).
     """
@@ -161,29 +166,56 @@ def prepare(spec, options, progress=True):
         return found
     root = root_dir(options.data_dir)
     final = os.path.join(root, f"{_folder_name(spec)}-{fingerprint(spec, options)}")
+    try:
+        os.makedirs(root, exist_ok=True)
+        with _exclusive(final + ".lock", spec):
+            return find(spec, options) or _prepare_into(spec, options, root, final, progress)
+    except OSError as e:
+        raise _write_error(spec, root, e) from None
+
+
+def _prepare_into(spec, options, root, final, progress):
     _remove_leftovers(root)
     tmp = f"{final}.incomplete-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         os.makedirs(tmp)
         meta = _Preparation(spec, options, tmp, progress).run()
-        found = find(spec, options)
-        if found:  # another process (a second worker) prepared it meanwhile: use theirs
-            shutil.rmtree(tmp, ignore_errors=True)
-            return found
-        shutil.rmtree(final, ignore_errors=True)  # a stale, incomplete copy
+        shutil.rmtree(final, ignore_errors=True)  # a stale, incomplete copy (the lock keeps good ones safe)
         os.replace(tmp, final)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DataError(f"{spec}: the disk filled while preparing it under {root} ({e.strerror}); nothing was "
-                            "kept. Fix: free space there, or point --data_dir at a disk with room (about "
-                            "twice the images' uint8 size is needed while preparing).") from None
-        raise DataError(f"{spec}: cannot write the prepared copy under {root} ({e}). Fix: check that folder's "
-                        "permissions, or point --data_dir elsewhere.") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return Prepared(final, meta)
+
+
+def _write_error(spec, root, e):
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DataError(f"{spec}: the disk filled while preparing it under {root} ({e.strerror}); nothing was "
+                         "kept. Fix: free space there, or point --data_dir at a disk with room (about "
+                         "twice the images' uint8 size is needed while preparing).")
+    return DataError(f"{spec}: cannot write the prepared copy under {root} ({e}). Fix: check that folder's "
+                     "permissions, or point --data_dir elsewhere.")
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path, spec):
+    """Holds an advisory lock on `lock_path`, saying so when another process holds it first."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock; a second process prepares its own copy
+        yield
+        return
+    with open(lock_path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            print(f"Waiting for another process that is preparing {spec} (lock {lock_path}).",
+                  file=sys.stderr, flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _remove_leftovers(root):
