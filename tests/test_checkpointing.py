@@ -13,6 +13,7 @@ import tensorflow as tf
 import tfvamp
 from tfvamp import checkpointing
 from tfvamp import models
+from tfvamp.config import RunConfig
 
 SHAPE = (8, 6, 1)
 
@@ -74,8 +75,8 @@ def test_run_checkpoint_restores_the_data_pseudo_inputs(tmp_path):
               "seed": 3, "compute_dtype": "float32", "init": "keras"}
     data = _images(10, seed=6)
     model = checkpointing.model_from_config(config, pseudo_inputs_data=data)
-    assert checkpointing.model_config(config) == {k: v for k, v in model.get_config().items()
-                                                  if k not in ("name", "trainable", "dtype")}
+    assert RunConfig.from_dict(config).model.keras_config() == {k: v for k, v in model.get_config().items()
+                                                                if k not in ("name", "trainable", "dtype")}
     model_dir = str(tmp_path / "run")
     checkpointing.save_config(model_dir, config)
     tf.train.Checkpoint(model=model).save(os.path.join(model_dir, "best", "ckpt"))

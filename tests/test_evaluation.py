@@ -359,7 +359,7 @@ def test_load_model_in_bfloat16_restores_the_float32_weights(trained, data, tmp_
     checkpointing.save_config(str(run), config)
     tf.train.Checkpoint(model=model).save(str(run / checkpointing.BEST_DIR / "ckpt"))
     mixed, used = checkpointing.load_model(str(run), compute_dtype="bfloat16")
-    assert used["compute_dtype"] == "bfloat16" and mixed.q_z2.layers[-1].compute_dtype == "bfloat16"
+    assert used.model.compute_dtype == "bfloat16" and mixed.q_z2.layers[-1].compute_dtype == "bfloat16"
     for a, b in zip(model.weights, mixed.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     x = data[:16]

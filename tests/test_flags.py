@@ -14,7 +14,7 @@ def test_flag_names_are_read_off_the_definitions():
     fv = absl_flags.FlagValues()
     tflags.define_flags(fv)
     assert set(fv) - {"flagfile", "undefok"} == set(tflags.FLAG_NAMES)
-    defaults = tflags.default_config()
+    defaults = tflags.default_config().to_dict()
     assert set(defaults) == set(tflags.FLAG_NAMES)
     for name in tflags.FLAG_NAMES:
         assert defaults[name] == fv[name].default, name
@@ -61,7 +61,7 @@ def parse_flagfiles(*paths):
     fv = absl_flags.FlagValues()
     tflags.define_flags(fv)
     fv(["train.py"] + [f"--flagfile={os.path.join(ROOT, p)}" for p in paths])
-    return tflags.config_from_flags(fv)
+    return tflags.config_from_flags(fv).to_dict()
 
 
 def test_every_paper_experiment_has_a_flagfile_with_the_papers_hyperparameters():

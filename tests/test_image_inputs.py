@@ -268,7 +268,7 @@ def test_image_size_applies_to_a_tfds_source(tmp_path):
     expected = np.asarray(Image.fromarray(native.splits["test"][0]).resize((6, 4), Image.BOX))
     np.testing.assert_array_equal(resized.splits["test"][0], expected)  # the test split is the source's own
     config = _validate(tmp_path, f"tfds:{name}", image_size="4x6", data_dir=str(tmp_path / "tfds"))
-    assert config["input_shape"] == [4, 6, 3]
+    assert config.model.image_shape == (4, 6, 3)
 
 
 # ---- 5, 9. 16-bit files scaled, alpha noted, 8-bit files unchanged ------------------------------------

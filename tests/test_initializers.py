@@ -16,6 +16,7 @@ from tfvamp import checkpointing
 from tfvamp import heads
 from tfvamp import layers as tl
 from tfvamp import run
+from tfvamp.config import RunConfig
 
 SHAPE = (28, 20, 1)  # Frey Faces: every family, the conv ones included
 
@@ -152,17 +153,17 @@ def test_a_run_from_before_init_resumes_with_keras_init(tmp_path):
     re-running with today's default (release) resumes instead of refusing another run's folder."""
     config = tiny_config(tmp_path / "run", init="keras", epochs=1)
     run.run(config, tf.distribute.get_strategy(), synthetic_splits())
-    path = os.path.join(config["model_dir"], checkpointing.CONFIG_FILE)
+    path = os.path.join(config.training.model_dir, checkpointing.CONFIG_FILE)
     with open(path) as f:
         old = json.load(f)
     del old["init"]
     with open(path, "w") as f:
         json.dump(old, f)
-    assert checkpointing.model_config(old)["init"] == "keras"
-    model, _ = checkpointing.load_model(config["model_dir"], "latest")
+    assert RunConfig.from_dict(old).model.init == "keras"
+    model, _ = checkpointing.load_model(config.training.model_dir, "latest")
     assert model.get_config()["init"] == "keras"
     resumed = tiny_config(tmp_path / "run", epochs=2)
-    assert resumed["init"] == "release"
+    assert resumed.model.init == "release"
     results = run.run(resumed, tf.distribute.get_strategy(), synthetic_splits())
     assert results["training"]["epochs_trained"] == 2
-    assert checkpointing.load_config(config["model_dir"])["init"] == "keras"
+    assert checkpointing.load_config(config.training.model_dir).model.init == "keras"

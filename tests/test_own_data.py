@@ -55,18 +55,19 @@ def _train_all_families(dataset, tmp_path, through_script, **overrides):
             flags = [f"--{k}={v}" for k, v in TINY.items() if k != "progress"] + ["--noprogress"]
             flags += [f"--{k}={v}" for k, v in overrides.items()]
             result = subprocess.run([sys.executable, SCRIPT, f"--dataset={dataset}", f"--model={model}",
-                                     f"--model_dir={config['model_dir']}", f"--export_dir={config['export_dir']}"]
+                                     f"--model_dir={config.training.model_dir}",
+                                     f"--export_dir={config.export.export_dir}"]
                                     + flags, cwd=ROOT, env=script_env(), capture_output=True, text=True, timeout=400)
             assert result.returncode == 0, result.stderr[-4000:]
             assert "Data: " in result.stdout and result.stderr.strip() == ""
-            with open(os.path.join(config["model_dir"], "results.json")) as f:
+            with open(os.path.join(config.training.model_dir, "results.json")) as f:
                 results[model] = json.load(f)
         else:
             results[model] = run.run(config, tf.distribute.get_strategy())
         test = results[model]["test"]
         assert np.isfinite(test["log_likelihood"]), model
-        served = tf.saved_model.load(config["export_dir"])
-        assert served.sample(num_samples=2, seed=1).shape == (2,) + tuple(config["input_shape"])
+        served = tf.saved_model.load(config.export.export_dir)
+        assert served.sample(num_samples=2, seed=1).shape == (2,) + tuple(config.model.image_shape)
     return results
 
 

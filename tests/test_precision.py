@@ -180,13 +180,13 @@ def test_get_config_holds_the_resolved_mode(monkeypatch):
 
 # ---- flags, resume, evaluation -------------------------------------------------------------------
 def test_flags_accept_auto_and_mixed_and_record_the_resolved_mode(tmp_path, monkeypatch):
-    assert tflags.default_config()["compute_dtype"] == "auto"
+    assert tflags.default_config().model.compute_dtype == "auto"
     monkeypatch.setenv(precision.AUTO_ENV, "mixed")
     config = tiny_config(tmp_path)
-    assert config["compute_dtype"] == "mixed"
-    assert config["precision"]["requested"] == "auto" and config["precision"]["mode"] == "mixed"
-    assert tiny_config(tmp_path, compute_dtype="float32")["precision"]["reason"] == "given explicitly"
-    assert tflags.validate_config(config, info=GRAY_INFO)["precision"] == config["precision"]  # kept
+    assert config.model.compute_dtype == "mixed"
+    assert config.precision["requested"] == "auto" and config.precision["mode"] == "mixed"
+    assert tiny_config(tmp_path, compute_dtype="float32").precision["reason"] == "given explicitly"
+    assert tflags.validate_config(config, info=GRAY_INFO).precision == config.precision  # kept
     with pytest.raises(ValueError, match="--compute_dtype"):
         tiny_config(tmp_path, compute_dtype="bfloat16_except:everything")
 
@@ -196,21 +196,21 @@ def test_a_resumed_run_keeps_its_compute_dtype(tmp_path, monkeypatch):
     stored = tiny_config(tmp_path, compute_dtype="float32")
     checkpointing.save_config(str(tmp_path), stored)
     resumed = run.keep_run_precision(str(tmp_path), tiny_config(tmp_path))
-    assert resumed["compute_dtype"] == "float32" and "resumed run" in resumed["precision"]["reason"]
+    assert resumed.model.compute_dtype == "float32" and "resumed run" in resumed.precision["reason"]
     assert "Precision: float32 (--compute_dtype=auto" in run.describe_precision(resumed)
     explicit = run.keep_run_precision(str(tmp_path), tiny_config(tmp_path, compute_dtype="mixed"))
-    assert explicit["compute_dtype"] == "mixed"
+    assert explicit.model.compute_dtype == "mixed"
 
 
 def test_evaluation_can_be_forced_to_float32(tmp_path):
-    config = dict(tiny_config(tmp_path, compute_dtype="mixed"), input_shape=list(FREY))
+    config = tiny_config(tmp_path, compute_dtype="mixed").replace(image_shape=tuple(FREY))
     model = checkpointing.model_from_config(config)
     checkpointing.save_config(str(tmp_path), config)
     tf.train.CheckpointManager(tf.train.Checkpoint(model=model), str(tmp_path / checkpointing.BEST_DIR), 1).save()
     own, used = checkpointing.load_model(str(tmp_path))
-    assert used["compute_dtype"] == "mixed" and own.precision.uses_bfloat16()
+    assert used.model.compute_dtype == "mixed" and own.precision.uses_bfloat16()
     exact, used = checkpointing.load_model(str(tmp_path), compute_dtype="float32")
-    assert used["compute_dtype"] == "float32" and not exact.precision.uses_bfloat16()
+    assert used.model.compute_dtype == "float32" and not exact.precision.uses_bfloat16()
     assert all(l.compute_dtype == "float32" for l in exact.q_z2.layers)
     with open(tmp_path / checkpointing.CONFIG_FILE) as f:
         assert json.load(f)["compute_dtype"] == "mixed"  # the run's record is untouched
@@ -265,8 +265,9 @@ def test_one_encoder_pass_over_batch_and_pseudo_inputs_gives_the_same_terms(mode
 
 
 def test_the_console_line_names_the_parts_kept_in_float32():
-    grey = {"compute_dtype": "mixed", "likelihood": "discretized_logistic"}
+    grey = tflags.default_config(compute_dtype="mixed", likelihood="discretized_logistic")
     assert "; in float32: first_layer, mean_heads, variance_heads, densities" in run.describe_precision(grey)
-    binary = {"compute_dtype": "mixed", "likelihood": "bernoulli"}
+    binary = tflags.default_config(compute_dtype="mixed", likelihood="bernoulli")
     assert "; in float32: mean_heads, variance_heads, densities" in run.describe_precision(binary)
-    assert "in float32:" not in run.describe_precision({"compute_dtype": "float32", "likelihood": "bernoulli"})
+    assert "in float32:" not in run.describe_precision(tflags.default_config(compute_dtype="float32",
+                                                                             likelihood="bernoulli"))

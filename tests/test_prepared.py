@@ -321,15 +321,15 @@ def test_a_run_whose_inferred_initialisation_differs_in_the_last_bits_resumes(tm
                 evaluate=False, export=False, progress=False, image_every_epochs=0, strategy="default")
     config = tflags.validate_config(tflags.default_config(**base))
     run.run(config)
-    stored = checkpointing.load_config(config["model_dir"])
-    older = dict(stored, pseudo_inputs_mean=stored["pseudo_inputs_mean"] * (1 + 3e-8))
-    checkpointing.save_config(config["model_dir"], older)
+    stored = checkpointing.load_config(config.training.model_dir)
+    older = stored.replace(pseudo_inputs_mean=stored.model.pseudo_inputs_mean * (1 + 3e-8))
+    checkpointing.save_config(config.training.model_dir, older)
     resumed = tflags.validate_config(tflags.default_config(**dict(base, epochs=2)))
-    assert resumed["pseudo_inputs_mean"] != older["pseudo_inputs_mean"]
+    assert resumed.model.pseudo_inputs_mean != older.model.pseudo_inputs_mean
     results = run.run(resumed)
     assert results["training"]["epochs_trained"] == 2
-    assert checkpointing.load_config(config["model_dir"])["pseudo_inputs_mean"] == older["pseudo_inputs_mean"]
-    far = dict(stored, pseudo_inputs_mean=stored["pseudo_inputs_mean"] * 1.01)
-    checkpointing.save_config(config["model_dir"], far)
+    assert checkpointing.load_config(config.training.model_dir).model.pseudo_inputs_mean == older.model.pseudo_inputs_mean
+    far = stored.replace(pseudo_inputs_mean=stored.model.pseudo_inputs_mean * 1.01)
+    checkpointing.save_config(config.training.model_dir, far)
     with pytest.raises(run.RunError, match="pseudo_inputs_mean"):
         run.run(tflags.validate_config(tflags.default_config(**dict(base, epochs=3))))

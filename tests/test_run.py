@@ -23,9 +23,9 @@ from tfvamp import training
 
 def test_resuming_into_a_directory_of_another_run_is_refused(tmp_path):
     config = tiny_config(tmp_path / "run")
-    checkpointing.save_config(config["model_dir"], config)
+    checkpointing.save_config(config.training.model_dir, config)
     with pytest.raises(run.RunError, match="prior: 'vampprior' -> 'standard'"):
-        run.run(dict(config, prior="standard"), tf.distribute.get_strategy(), synthetic_splits())
+        run.run(config.replace(prior="standard"), tf.distribute.get_strategy(), synthetic_splits())
 
 
 def test_nan_message_from_the_script_and_exit_status(tmp_path, real_data_dir):
@@ -51,7 +51,8 @@ def test_frey_flagfile_end_to_end_two_epochs(tmp_path, real_data_dir):
         ["ckpt-1.index", "ckpt-2.index"]
     assert tf.train.latest_checkpoint(str(model_dir / "best")) is not None
     config = checkpointing.load_config(str(model_dir))
-    assert (config["model"], config["prior"], config["dataset"], config["epochs"]) == ("hvae", "vampprior", "frey_faces", 2)
+    assert (config.model.model, config.model.prior, config.data.dataset, config.training.epochs) == \
+        ("hvae", "vampprior", "frey_faces", 2)
     # TensorBoard: per-epoch scalars, image grids, the flags; test results at the end.
     events = read_events(str(model_dir / "tensorboard"))
     for tag in ("train/loss", "train/reconstruction", "train/kl", "validation/loss", "validation/reconstruction",

@@ -59,12 +59,12 @@ def test_training_loop_applies_warmup_and_early_stopping_per_epoch(tmp_path):
     # Epochs 3 (warm-up) hold the counter at 0; epoch 4 (beta = 1) counts 1, epoch 5 counts 2 > 1.
     assert summary["stop_reason"] == "early_stopping" and summary["epochs_trained"] == 5
     assert summary["best_epoch"] == 2 and summary["best_validation_loss"] == 9.0
-    events = read_events(os.path.join(config["model_dir"], "tensorboard"))
+    events = read_events(os.path.join(config.training.model_dir, "tensorboard"))
     assert events["train/beta"] == pytest.approx({e: training.warmup_beta(e, 4) for e in range(1, 6)})
     assert events["early_stopping/counter"] == {1: 0, 2: 0, 3: 0, 4: 1, 5: 2}
-    assert tf.train.latest_checkpoint(os.path.join(config["model_dir"], "best")).endswith("ckpt-2")
+    assert tf.train.latest_checkpoint(os.path.join(config.training.model_dir, "best")).endswith("ckpt-2")
     for epoch, (patience, beta) in {1: (0, 0.25), 3: (0, 0.75), 4: (1, 1.0), 5: (2, 1.0)}.items():
-        state = checkpoint_tensors(os.path.join(config["model_dir"], "checkpoints", f"ckpt-{epoch}"))
+        state = checkpoint_tensors(os.path.join(config.training.model_dir, "checkpoints", f"ckpt-{epoch}"))
         assert state["patience/.ATTRIBUTES/VARIABLE_VALUE"] == patience
         assert state["beta/.ATTRIBUTES/VARIABLE_VALUE"] == pytest.approx(beta)
         assert state["epoch/.ATTRIBUTES/VARIABLE_VALUE"] == epoch
@@ -107,12 +107,12 @@ def test_nan_training_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_
     config = tiny_config(tmp_path / "run", epochs=5)
     with pytest.raises(training.TrainingDiverged, match=r"epoch 2\b.*without saving epoch 2.*ckpt-1"):
         run.run(config, tf.distribute.get_strategy(), synthetic_splits()._replace(epochs=epochs))
-    ckpt_dir = os.path.join(config["model_dir"], "checkpoints")
+    ckpt_dir = os.path.join(config.training.model_dir, "checkpoints")
     assert tf.train.latest_checkpoint(ckpt_dir).endswith("ckpt-1")
     assert not glob.glob(os.path.join(ckpt_dir, "ckpt-2*"))
-    model, _ = checkpointing.load_model(config["model_dir"], "latest")
+    model, _ = checkpointing.load_model(config.training.model_dir, "latest")
     assert all(np.all(np.isfinite(w.numpy())) for w in model.weights)
-    model, _ = checkpointing.load_model(config["model_dir"], "best")
+    model, _ = checkpointing.load_model(config.training.model_dir, "best")
     assert np.all(np.isfinite(model.loss_terms(tf.constant(clean[:4]))["loss"].numpy()))
 
 

@@ -22,9 +22,9 @@ import socket
 import numpy as np
 import tensorflow as tf
 
-from tfvamp import initializers
 from tfvamp import models
 from tfvamp import precision
+from tfvamp.config import RunConfig, as_run_config
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -32,11 +32,6 @@ BEST_DIR = "best"
 RESULTS_FILE = "results.json"
 TENSORBOARD_DIR = "tensorboard"
 LOCK_FILE = ".lock"
-
-# The config keys build_model reads; everything else in config.json is for the record.
-MODEL_KEYS = ("model", "prior", "likelihood", "input_shape", "num_components", "z1_size", "z2_size",
-              "pseudo_inputs_mean", "pseudo_inputs_std", "seed", "init")
-
 
 def run_name(model_dir):
     """A run's name: the basename of its model_dir."""
@@ -50,11 +45,13 @@ def default_export_dir(model_dir):
 
 
 def save_config(model_dir, config):
-    """Writes `config` (a JSON-able dict with at least MODEL_KEYS) to `<model_dir>/config.json`."""
-    missing = [k for k in MODEL_KEYS if k not in config and k != "init"]  # no init: made with keras (stored_init)
+    """Writes a run config (a `RunConfig`, or its flat dict) to `<model_dir>/config.json`, as
+    `RunConfig.to_dict()`. Refuses one whose model is not filled in (not validated)."""
+    config = as_run_config(config)
+    missing = [k for k, v in config.model.keras_config().items() if v is None and k != "seed"]
     if missing:
-        raise ValueError(f"Run config lacks {missing}; it needs {list(MODEL_KEYS)}.")
-    return write_json(os.path.join(model_dir, CONFIG_FILE), config)
+        raise ValueError(f"Run config lacks {missing}; it needs {list(config.model.keras_keys())}.")
+    return write_json(os.path.join(model_dir, CONFIG_FILE), config.to_dict())
 
 
 def to_jsonable(value):
@@ -116,43 +113,31 @@ def load_results(model_dir):
 
 
 def load_config(model_dir):
+    """A run directory's `RunConfig` (`RunConfig.from_dict` of its config.json: older runs'
+    files too)."""
     path = os.path.join(model_dir, CONFIG_FILE)
     if not os.path.exists(path):
         raise FileNotFoundError(f"No {CONFIG_FILE} in {model_dir!r}: is it a tfvamp run directory "
                                 "(written by scripts/train.py)?")
     with open(path) as f:
-        return json.load(f)
-
-
-def model_config(config):
-    """The model's Keras config (its constructor arguments) from a run config: the schema that
-    `model.get_config()` writes and `from_config` reads, for checkpoints and `.keras` files alike."""
-    return {"image_shape": tuple(config["input_shape"]), "prior": config["prior"],
-            "likelihood": config["likelihood"], "num_components": config["num_components"],
-            "z1_size": config["z1_size"], "z2_size": config["z2_size"],
-            "pseudo_inputs_mean": config["pseudo_inputs_mean"], "pseudo_inputs_std": config["pseudo_inputs_std"],
-            "seed": config.get("seed"), "compute_dtype": config.get("compute_dtype", "float32"),
-            "init": stored_init(config)}
-
-
-def stored_init(config):
-    """The initialisation a run config was made with (runs from before `init` used Keras')."""
-    return config.get("init") or initializers.LEGACY
+        return RunConfig.from_dict(json.load(f))
 
 
 def model_from_config(config, pseudo_inputs_data=None):
-    """Builds the (untrained) model a run config describes.
+    """Builds the (untrained) model a run config (a `RunConfig`, or its flat dict) describes.
 
     With `pseudo_inputs_data` (training images), through `models.build_model`, as for training.
-    Without, through the model class's `from_config`, as before restoring weights: the
-    pseudo-inputs of `vampprior_data` are weights, so they come with the checkpoint.
+    Without, through the model class's `from_config` (`config.model.keras_config()`), as before
+    restoring weights: the pseudo-inputs of `vampprior_data` are weights, so they come with the
+    checkpoint.
     """
+    model = as_run_config(config).model
     if pseudo_inputs_data is not None:
-        options = model_config(config)
-        shape, name = options.pop("image_shape"), config["model"]
-        prior, likelihood = options.pop("prior"), options.pop("likelihood")
-        return models.build_model(name, prior, shape, likelihood, pseudo_inputs_data=pseudo_inputs_data, **options)
-    return models.model_class(config["model"]).from_config(model_config(config))
+        options = model.keras_config()
+        shape, prior, likelihood = options.pop("image_shape"), options.pop("prior"), options.pop("likelihood")
+        return models.build_model(model.model, prior, shape, likelihood, pseudo_inputs_data=pseudo_inputs_data,
+                                  **options)
+    return models.model_class(model.model).from_config(model.keras_config())
 
 
 def checkpoint_path(model_dir, which="best"):
@@ -175,12 +160,12 @@ def load_model(model_dir, which="best", compute_dtype=None):
         a float32-trained model faster on CPUs with AVX512-BF16, or a mixed one in float32.
 
     Returns:
-      (model, config); `config` records the compute_dtype used. Raises FileNotFoundError when
-      the run has no such checkpoint.
+      (model, config): `config` is the run's `RunConfig`, recording the compute_dtype used.
+      Raises FileNotFoundError when the run has no such checkpoint.
     """
     config = load_config(model_dir)
     if compute_dtype is not None:
-        config = {**config, "compute_dtype": precision.resolve(compute_dtype).mode}
+        config = config.replace(compute_dtype=precision.resolve(compute_dtype).mode)
     path = checkpoint_path(model_dir, which)
     if path is None:
         raise FileNotFoundError(f"No {which!r} checkpoint in {model_dir!r} (looked in "

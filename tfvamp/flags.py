@@ -5,16 +5,18 @@
 `FLAGS` is the one table of flags: `define_flags()` registers them (absl; `--flagfile` works
 natively and later flags win, so `--flagfile configs/frey.cfg --flagfile configs/quick.cfg` is
 the Frey run, shrunk), and `FLAG_NAMES`, the keys of a run's config, is read off it.
-`config_from_flags()` turns parsed flags into the run's config dict, filling dataset defaults
-(input shape, likelihood, pseudo-input initialisation) and validating everything up front, so
-a bad combination fails in a second with a message instead of hours later.
-`validate_config()` does the checks for a config built any other way (tests, notebooks).
+`config_from_flags()` turns parsed flags into the run's config (a frozen `tfvamp.config.RunConfig`),
+filling dataset defaults (image shape, likelihood, pseudo-input initialisation) and validating
+everything up front, so a bad combination fails in a second with a message instead of hours later.
+`validate_config()` does the checks for a config built any other way (tests, notebooks:
+`default_config(**overrides)`), and returns a new config.
 """
 import math
 
 from absl import flags
 
 from tfvamp import checkpointing
+from tfvamp import config as config_lib
 from tfvamp import data
 from tfvamp import distribute
 from tfvamp import export
@@ -25,6 +27,7 @@ from tfvamp import models
 from tfvamp import optimizers
 from tfvamp import precision
 from tfvamp import priors
+from tfvamp.config import RunConfig
 
 DATASETS = data.NAMES  # and your own images: folder:PATH, array:PATH, tfds:NAME[/CONFIG]
 JIT_CHOICES = ("auto", "true", "false")
@@ -152,25 +155,26 @@ def define_flags(flag_values=flags.FLAGS):
 
 
 def default_config(**overrides):
-    """The flags' defaults as a config dict, with `overrides` applied (for building runs in code)."""
-    config = {name: default for name, _, default, _, _ in FLAGS}
-    unknown = set(overrides) - set(config) - {"input_shape"}
+    """The flags' defaults as a `RunConfig`, with `overrides` (flat names; `input_shape` too)
+    applied: for building runs in code. Not validated: see `validate_config`."""
+    values = config_lib.flag_defaults()
+    unknown = set(overrides) - set(values) - {config_lib.SHAPE_KEY, config_lib.MODEL_SHAPE_KEY}
     if unknown:
-        raise ValueError(f"Unknown config keys {sorted(unknown)}; known: {sorted(config)}.")
-    config.update(overrides)
-    return config
+        raise ValueError(f"Unknown config keys {sorted(unknown)}; known: {sorted(values)}.")
+    return RunConfig.from_dict({**values, **overrides}, defaults=values)
 
 
 def config_from_flags(flag_values=flags.FLAGS):
-    """The validated run config (a JSON-able dict) from parsed flags."""
-    return validate_config({name: flag_values[name].value for name in FLAG_NAMES})
+    """The validated `RunConfig` from parsed flags."""
+    return validate_config(RunConfig.from_flags(flag_values))
 
 
 def _check_values(config, skip=()):
     """Each flag on its own: known choices, integer bounds, a positive learning rate."""
     errors = []
+    values = config.to_dict()  # the table's checks go by flag name
     for name, kind, _, choices, _ in FLAGS:
-        value = config[name]
+        value = values[name]
         if name in skip:
             continue
         if kind == "enum" and value is not None and value not in choices:
@@ -180,129 +184,142 @@ def _check_values(config, skip=()):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 label = "K (--num_components)" if name == "num_components" else f"--{name}"
                 errors.append(f"{label} must be an integer >= {low}, got {value!r}.")
-    lr = config["lr"]
+    lr = config.training.lr
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         errors.append(f"--lr must be a positive number, got {lr!r}.")
-    if config["model_dir"] is None or str(config["model_dir"]).strip() == "":
+    model_dir = config.training.model_dir
+    if model_dir is None or str(model_dir).strip() == "":
         errors.append("--model_dir is required: the run directory (re-using one resumes that run).")
     for name in ("validation_fraction", "test_fraction"):
-        if not 0.0 < float(config[name]) < 0.5:
-            errors.append(f"--{name} must lie in (0, 0.5), got {config[name]!r}.")
+        if not 0.0 < float(values[name]) < 0.5:
+            errors.append(f"--{name} must lie in (0, 0.5), got {values[name]!r}.")
     try:
-        precision.check_mode(config["compute_dtype"])
+        precision.check_mode(config.model.compute_dtype)
     except ValueError as e:
         errors.append(f"--{e}")
-    if config["image_size"]:  # every source: a paper dataset refuses the flag later, your images read it
+    if config.data.image_size:  # every source: a paper dataset refuses the flag later, your images read it
         try:
-            image_sources.parse_image_size(config["image_size"])
+            image_sources.parse_image_size(config.data.image_size)
         except image_sources.DataError as e:
             errors.append(str(e))
-    if config["channels"] not in (0, 1, 3):
-        errors.append(f"--channels must be 0 (as the files are), 1 (grey) or 3 (RGB), got {config['channels']!r}.")
+    if config.data.channels not in (0, 1, 3):
+        errors.append(f"--channels must be 0 (as the files are), 1 (grey) or 3 (RGB), got {config.data.channels!r}.")
     return errors
+
+
+# Flags for your own images only: a paper dataset refuses them when they differ from the default.
+_OWN_IMAGE_FLAGS = ("channels", "image_size", "binarize", "skip_unreadable")
 
 
 def source_options(config):
     """How to read the run's images (`tfvamp.data.SourceOptions`), None for a paper dataset."""
-    if config["dataset"] in DATASETS:
-        changed = [k for k in ("channels", "image_size", "binarize", "skip_unreadable")
-                   if config[k] != default_config()[k]]
+    part = config.data
+    if part.dataset in DATASETS:
+        defaults = config_lib.flag_defaults()
+        changed = [k for k in _OWN_IMAGE_FLAGS if getattr(part, k) != defaults[k]]
         if changed:
-            raise ValueError(f"--{changed[0]} is for your own images (folder:, array:, tfds:); {config['dataset']} "
+            raise ValueError(f"--{changed[0]} is for your own images (folder:, array:, tfds:); {part.dataset} "
                              "is read as the paper does.")
         return None
-    return data.SourceOptions(channels=config["channels"], image_size=config["image_size"] or "",
-                              resize=config["resize"], binarize=config["binarize"],
-                              validation_fraction=float(config["validation_fraction"]),
-                              test_fraction=float(config["test_fraction"]),
-                              skip_unreadable=bool(config["skip_unreadable"]), data_dir=config["data_dir"])
+    return data.SourceOptions(channels=part.channels, image_size=part.image_size or "",
+                              resize=part.resize, binarize=part.binarize,
+                              validation_fraction=float(part.validation_fraction),
+                              test_fraction=float(part.test_fraction),
+                              skip_unreadable=bool(part.skip_unreadable), data_dir=part.data_dir)
 
 
 def _fill_templates(config):
-    """{dataset}, {model} and {prior} in --model_dir and --export_dir, filled in."""
-    names = {k: config[k] for k in ("dataset", "model", "prior")}
-    for key in ("model_dir", "export_dir"):
-        if isinstance(config[key], str) and "{" in config[key]:
+    """A new config with {dataset}, {model} and {prior} in --model_dir and --export_dir filled in."""
+    names = {"dataset": config.data.dataset, "model": config.model.model, "prior": config.model.prior}
+    filled = {}
+    for key, value in (("model_dir", config.training.model_dir), ("export_dir", config.export.export_dir)):
+        if isinstance(value, str) and "{" in value:
             try:
-                config[key] = config[key].format(**names)
+                filled[key] = value.format(**names)
             except (KeyError, IndexError, ValueError) as e:
-                raise ValueError(f"--{key}={config[key]!r}: only {{dataset}}, {{model}} and {{prior}} can be filled "
+                raise ValueError(f"--{key}={value!r}: only {{dataset}}, {{model}} and {{prior}} can be filled "
                                  f"in ({e}).") from None
+    return config.replace(**filled)
 
 
 def _fill_dataset_defaults(config, info):
-    """Input shape, likelihood, pseudo-input init and export dir from the dataset and run."""
-    config["input_shape"] = [int(d) for d in info.input_shape]
-    if config["likelihood"] is None:
-        config["likelihood"] = info.likelihood
-    if config["pseudo_inputs_mean"] is None:
-        config["pseudo_inputs_mean"] = float(info.pseudo_inputs_mean)
-    if config["pseudo_inputs_std"] is None:
-        config["pseudo_inputs_std"] = float(info.pseudo_inputs_std)
-    if config["export_dir"] in (None, ""):
-        config["export_dir"] = checkpointing.default_export_dir(config["model_dir"])
+    """A new config with the image shape, likelihood, pseudo-input init and export dir from the
+    dataset and run where they are not given."""
+    model = config.model
+    filled = {"image_shape": tuple(int(d) for d in info.input_shape)}
+    if model.likelihood is None:
+        filled["likelihood"] = info.likelihood
+    if model.pseudo_inputs_mean is None:
+        filled["pseudo_inputs_mean"] = float(info.pseudo_inputs_mean)
+    if model.pseudo_inputs_std is None:
+        filled["pseudo_inputs_std"] = float(info.pseudo_inputs_std)
+    if config.export.export_dir in (None, ""):
+        filled["export_dir"] = checkpointing.default_export_dir(config.training.model_dir)
+    return config.replace(**filled)
 
 
 def _check_combinations(config, info):
     """The flags against each other and against the dataset."""
     errors = []
-    shape, dataset = tuple(config["input_shape"]), config["dataset"]
-    if info.likelihood != "bernoulli" and config["likelihood"] == "bernoulli":
+    model, training = config.model, config.training
+    shape, dataset = tuple(model.image_shape), config.data.dataset
+    if info.likelihood != "bernoulli" and model.likelihood == "bernoulli":
         errors.append(f"--likelihood=bernoulli cannot model {dataset}'s gray pixels; use discretized_logistic "
                       "(the release's) or discretized_logistic_normalized" +
                       (", or --binarize=dynamic|static." if dataset not in DATASETS else "."))
-    if info.likelihood == "bernoulli" and config["likelihood"] != "bernoulli":
-        errors.append(f"--likelihood={config['likelihood']} models 8-bit pixels, but {dataset}'s are binary; "
+    if info.likelihood == "bernoulli" and model.likelihood != "bernoulli":
+        errors.append(f"--likelihood={model.likelihood} models 8-bit pixels, but {dataset}'s are binary; "
                       "use --likelihood=bernoulli (the default for binary data).")
-    if config["model"] in CONV_MODELS and min(shape[:2]) < models.MIN_CONV_SIDE:
-        errors.append(f"--model={config['model']} needs images of at least {models.MIN_CONV_SIDE}x{models.MIN_CONV_SIDE} "
+    if model.model in CONV_MODELS and min(shape[:2]) < models.MIN_CONV_SIDE:
+        errors.append(f"--model={model.model} needs images of at least {models.MIN_CONV_SIDE}x{models.MIN_CONV_SIDE} "
                       f"pixels (two stride-2 convolutions); {dataset} has shape {shape}.")
-    mean, std = config["pseudo_inputs_mean"], config["pseudo_inputs_std"]
+    mean, std = model.pseudo_inputs_mean, model.pseudo_inputs_std
     if std < 0:
         errors.append(f"--pseudo_inputs_std must be >= 0, got {std}.")
-    from_data = priors.needs_training_images(config["prior"], config["pseudo_inputs_init"])
-    if priors.has_pseudo_inputs(config["prior"]) and not from_data and not 0.0 <= mean <= 1.0:
+    from_data = priors.needs_training_images(model.prior, training.pseudo_inputs_init)
+    if priors.has_pseudo_inputs(model.prior) and not from_data and not 0.0 <= mean <= 1.0:
         # Pseudo-inputs are clipped to [0, 1]: entries initialised outside never get a gradient.
         errors.append(f"--pseudo_inputs_mean={mean} lies outside [0, 1]: the clipped pseudo-inputs would start "
                       "saturated and never learn (docs/paper_details.md section 9).")
     num_train = int(info.num_examples["train"])
-    if from_data and config["num_components"] > num_train:
-        errors.append(f"K (--num_components={config['num_components']}) training images are needed as "
+    if from_data and model.num_components > num_train:
+        errors.append(f"K (--num_components={model.num_components}) training images are needed as "
                       f"pseudo-inputs but {dataset} has only {num_train}.")
-    if config["pseudo_inputs_init"] == "data" and not priors.has_pseudo_inputs(config["prior"]):
+    if training.pseudo_inputs_init == "data" and not priors.has_pseudo_inputs(model.prior):
         errors.append("--pseudo_inputs_init=data needs a VampPrior (--prior=vampprior, weighted_vampprior).")
-    if config["batch_size"] > num_train:
-        errors.append(f"--batch_size={config['batch_size']} exceeds the {num_train} training images of {dataset} "
+    if training.batch_size > num_train:
+        errors.append(f"--batch_size={training.batch_size} exceeds the {num_train} training images of {dataset} "
                       "(the last partial batch is dropped, so no step would run).")
     return errors
 
 
 def validate_config(config, info=None):
-    """Checks a run config, fills dataset defaults and returns a new dict.
+    """Checks a run config and returns a new, filled-in `RunConfig`; `config` is not changed.
 
-    Adds `input_shape` (from the dataset) and resolves `likelihood`, `pseudo_inputs_mean`,
-    `pseudo_inputs_std` and `export_dir` when they are None. Raises ValueError with a message
-    naming the flag for anything that cannot work, every problem at once.
+    Sets the image shape (from the dataset) and resolves `likelihood`, `pseudo_inputs_mean`,
+    `pseudo_inputs_std` and `export_dir` when they are None, the templates of `model_dir` and
+    `export_dir`, and `compute_dtype` (`precision` records how). Raises ValueError with a
+    message naming the flag for anything that cannot work, every problem at once.
 
     Args:
-      config: dict with the keys `FLAG_NAMES`.
-      info: optional `tfvamp.data.DatasetInfo` (default: looked up by `config['dataset']`).
+      config: a `RunConfig`, or a flat dict with the keys `FLAG_NAMES`.
+      info: optional `tfvamp.data.DatasetInfo` (default: looked up by the config's dataset).
     """
-    config = dict(config)
-    missing = [k for k in FLAG_NAMES if k not in config]
-    if missing:
-        raise ValueError(f"Config lacks {missing}.")
-    dataset = config["dataset"]
+    if not isinstance(config, RunConfig):
+        missing = [k for k in FLAG_NAMES if k not in config]
+        if missing:
+            raise ValueError(f"Config lacks {missing}.")
+        config = RunConfig.from_dict(config)
+    dataset = config.data.dataset
     if info is None and dataset not in DATASETS and not image_sources.is_source(dataset or ""):
         raise ValueError(f"--dataset: unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}, or your "
                          "images as folder:PATH, array:PATH or tfds:NAME.")
     errors = _check_values(config)
     if errors:
         raise ValueError("Invalid training flags:\n  " + "\n  ".join(errors))
-    _fill_templates(config)
-    _resolve_precision(config)
+    config = _resolve_precision(_fill_templates(config))
     info = info or data.get_info(dataset, source_options(config))
-    _fill_dataset_defaults(config, info)
+    config = _fill_dataset_defaults(config, info)
     errors = _check_combinations(config, info)
     if errors:
         raise ValueError("Invalid training flags:\n  " + "\n  ".join(errors))
@@ -310,15 +327,15 @@ def validate_config(config, info=None):
 
 
 def _resolve_precision(config):
-    """`--compute_dtype=auto` becomes a concrete mode before anything is built; `precision` records
-    what was asked, the choice, the CPU/GPU model and why (results.json keeps it)."""
-    choice = precision.resolve(config["compute_dtype"])
-    known = config.get("precision")
-    config["compute_dtype"] = choice.mode
-    if not (isinstance(known, dict) and known.get("mode") == choice.mode):  # re-validation keeps the record
-        config["precision"] = choice.as_dict()
+    """A new config whose `--compute_dtype=auto` is a concrete mode, before anything is built;
+    `precision` records what was asked, the choice, the CPU/GPU model and why (results.json keeps it)."""
+    choice = precision.resolve(config.model.compute_dtype)
+    known = config.precision
+    if isinstance(known, dict) and known.get("mode") == choice.mode:  # re-validation keeps the record
+        return config.replace(compute_dtype=choice.mode)
+    return config.replace(compute_dtype=choice.mode, precision=choice.as_dict())
 
 
 def run_name(config):
     """The run's name: the basename of its model_dir."""
-    return checkpointing.run_name(config["model_dir"])
+    return checkpointing.run_name(config.training.model_dir)

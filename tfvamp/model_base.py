@@ -30,6 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfvamp import config as config_lib
 from tfvamp import estimator
 from tfvamp import initializers
 from tfvamp import layers as tl
@@ -417,17 +418,19 @@ class LatentVariableModel(KerasFit, keras.Model):
         return self._reconstruct_from_seed(x, seed)
 
     def get_config(self):
-        """Every constructor argument but `pseudo_inputs_data` (the pseudo-inputs are weights)."""
-        return {**super().get_config(), "image_shape": self.image_shape, "prior": self.prior_name,
-                "likelihood": self.likelihood_name, "num_components": self.num_components,
-                "z1_size": self.z1_size, "z2_size": self.z2_size,
-                "pseudo_inputs_mean": self.pseudo_inputs_mean,
-                "pseudo_inputs_std": self.pseudo_inputs_std, "seed": self.seed,
-                "compute_dtype": self.compute_dtype_name, "init": self.init_scheme}
+        """Every constructor argument but `pseudo_inputs_data` (the pseudo-inputs are weights):
+        the fields of `tfvamp.config.ModelConfig`, the one model schema."""
+        schema = config_lib.ModelConfig(
+            model=self.model_name, image_shape=self.image_shape, prior=self.prior_name,
+            likelihood=self.likelihood_name, num_components=self.num_components, z1_size=self.z1_size,
+            z2_size=self.z2_size, pseudo_inputs_mean=self.pseudo_inputs_mean,
+            pseudo_inputs_std=self.pseudo_inputs_std, seed=self.seed, compute_dtype=self.compute_dtype_name,
+            init=self.init_scheme)
+        return {**super().get_config(), **schema.keras_config()}
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
+        # Saved before `init` or `compute_dtype` existed: what those runs used.
+        config = {**config_lib.LEGACY_DEFAULTS, **config}
         config["image_shape"] = tuple(config["image_shape"])
-        config.setdefault("init", initializers.LEGACY)  # saved before `init` existed
         return cls(**config)

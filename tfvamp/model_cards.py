@@ -46,7 +46,7 @@ def test_images(config, data_dir=None, manual_dir=None):
     """The run's test split, float32 `[N, H, W, C]`, as evaluation sees it."""
     from tfvamp import data  # pylint: disable=import-outside-toplevel
 
-    return data.as_numpy(config["dataset"], "test", data_dir=data_dir, manual_dir=manual_dir)
+    return data.as_numpy(config.data.dataset, "test", data_dir=data_dir, manual_dir=manual_dir)
 
 
 def card_subset(images, num_images):
@@ -77,23 +77,24 @@ def ship(model_dir, name, retrain, *, num_samples=1000, seed=0, num_images=0, ro
     test recomputing it stays cheap for large test sets."""
     model, config = checkpointing.load_model(model_dir, "best", compute_dtype="float32")
     export_dir = os.path.join(root, name)
-    export.export_saved_model(model, export_dir, config=config)
+    export.export_saved_model(model, export_dir, config=config.to_dict())
     results = checkpointing.load_results(model_dir)
     images = test_images(config, data_dir, manual_dir)
     number = measure(model, card_subset(images, num_images), num_samples, seed)
     training = results.get("training", {})
     test = results.get("test", {})
+    arch, run_settings = config.model, config.training
     card = {
-        "name": name, "dataset": config["dataset"], "data_files": data_files(config["dataset"]),
-        "model": config["model"], "prior": config["prior"], "likelihood": config["likelihood"],
-        "input_shape": config["input_shape"], "num_components": config["num_components"],
-        "z1_size": config["z1_size"], "z2_size": config["z2_size"], "init": checkpointing.stored_init(config),
-        "budget": {"max_epochs": config["epochs"], "warmup_epochs": config["warmup_epochs"],
-                   "early_stopping_epochs": config["early_stopping_epochs"],
+        "name": name, "dataset": config.data.dataset, "data_files": data_files(config.data.dataset),
+        "model": arch.model, "prior": arch.prior, "likelihood": arch.likelihood,
+        "input_shape": list(arch.image_shape), "num_components": arch.num_components,
+        "z1_size": arch.z1_size, "z2_size": arch.z2_size, "init": arch.init,
+        "budget": {"max_epochs": run_settings.epochs, "warmup_epochs": run_settings.warmup_epochs,
+                   "early_stopping_epochs": run_settings.early_stopping_epochs,
                    "epochs_trained": training.get("epochs_trained"), "best_epoch": training.get("best_epoch"),
                    "stop_reason": training.get("stop_reason")},
-        "training": {"optimizer": config["optimizer"], "lr": config["lr"], "batch_size": config["batch_size"],
-                     "seed": config["seed"], "compute_dtype": config.get("compute_dtype")},
+        "training": {"optimizer": run_settings.optimizer, "lr": run_settings.lr, "batch_size": run_settings.batch_size,
+                     "seed": arch.seed, "compute_dtype": arch.compute_dtype},
         "test": number,
         "run_test": {k: test.get(k) for k in ("log_likelihood", "log_likelihood_sem", "bits_per_dim", "eval_samples",
                                                "num_examples", "active_units", "components_in_use",

@@ -318,14 +318,14 @@ _BUILD_OPTIONS = ("pseudo_inputs_data", "pseudo_inputs_mean", "pseudo_inputs_std
                   "name")
 
 
-def build_model(model_name, prior, input_shape, likelihood, num_components=500, z1_size=40,
+def build_model(model_name, prior, image_shape, likelihood, num_components=500, z1_size=40,
                 z2_size=40, **options):
     """Builds one of the paper's models with every weight created.
 
     Args:
       model_name: 'vae', 'hvae', 'convhvae' or 'pixelhvae'.
       prior: 'standard', 'mog', 'vampprior', 'vampprior_data' or 'weighted_vampprior'.
-      input_shape: image shape `(H, W, C)` (28x28x1 for most sets, 28x20x1 for Frey Faces).
+      image_shape: `(H, W, C)` (28x28x1 for most sets, 28x20x1 for Frey Faces).
       likelihood: 'bernoulli', 'discretized_logistic' or 'discretized_logistic_normalized'.
       num_components: K pseudo-inputs / mixture components.
       z1_size, z2_size: latent sizes.
@@ -342,7 +342,7 @@ def build_model(model_name, prior, input_shape, likelihood, num_components=500, 
         raise TypeError(f"build_model got unknown options {sorted(unknown)}; allowed: {', '.join(_BUILD_OPTIONS)}.")
     if priors.needs_training_images(priors.check_prior(prior)) and options.get("pseudo_inputs_data") is None:
         raise ValueError(f"The {prior!r} prior needs training images: pass pseudo_inputs_data (at least "
-                         f"K = {num_components} images of shape {tuple(input_shape)}).")
-    return cls(input_shape, prior=prior, likelihood=likelihood,
+                         f"K = {num_components} images of shape {tuple(image_shape)}).")
+    return cls(image_shape, prior=prior, likelihood=likelihood,
                                       num_components=num_components, z1_size=z1_size,
                                       z2_size=z2_size, **options)

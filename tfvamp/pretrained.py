@@ -20,6 +20,7 @@ import os
 import tensorflow as tf
 
 from tfvamp import checkpointing
+from tfvamp.config import RunConfig
 
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAVED_MODELS = os.path.join(PACKAGE_ROOT, "saved_models")
@@ -87,11 +88,12 @@ def load_pretrained(name_or_path, compute_dtype="float32"):
     """A shipped model (by name) or any tfvamp export (by path) as a Keras model.
 
     Returns (model, config): the `LatentVariableModel` with the exported weights, and the run
-    config it was trained with. `compute_dtype`: a `tfvamp.precision` mode to compute in.
+    config it was trained with (a `tfvamp.config.RunConfig`, computing in `compute_dtype`).
+    `compute_dtype`: a `tfvamp.precision` mode to compute in.
     Raises FileNotFoundError for an unknown name, ValueError if the weights do not fit.
     """
     export_dir = resolve(name_or_path)
-    config = dict(export_config(export_dir), compute_dtype=compute_dtype)
+    config = RunConfig.from_dict(export_config(export_dir)).replace(compute_dtype=compute_dtype)
     model = checkpointing.model_from_config(config)
     values = _export_values(export_dir)
     if len(values) != len(model.variables):

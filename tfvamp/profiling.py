@@ -189,8 +189,8 @@ def benchmark_epochs(config, splits, x, epochs=3, strategy=None):
     """
     model_dir = tempfile.mkdtemp(prefix="tfvamp_epochs_")
     try:
-        config = dict(config, epochs=int(epochs), model_dir=model_dir, image_every_epochs=0, progress=False,
-                      evaluate=False, export=False, checkpoints_to_keep=1)
+        config = config.replace(epochs=int(epochs), model_dir=model_dir, image_every_epochs=0, progress=False,
+                                evaluate=False, export=False, checkpoints_to_keep=1)
         trainer = training.Trainer(config, strategy)
         trainer.fit(splits)
         seconds = [row["seconds"] for row in trainer.history]
@@ -365,14 +365,14 @@ def benchmark_xla(config, steps=20, rounds=5, strategy=None):
     Returns:
       {jit_compile (bool): seconds per step}.
     """
-    shape = [config["batch_size"]] + list(config["input_shape"])
+    shape = [config.training.batch_size] + list(config.model.image_shape)
     images = np.random.default_rng(0).random(shape).astype(np.float32)
-    if config["likelihood"] == "bernoulli":
+    if config.model.likelihood == "bernoulli":
         images = (images > 0.5).astype(np.float32)
     images = tf.constant(images)
     trainers = {}
     for jit in (False, True):
-        trainer = training.Trainer(dict(config, jit_compile="true" if jit else "false"), strategy)
+        trainer = training.Trainer(config.replace(jit_compile="true" if jit else "false"), strategy)
         if trainer.jit_compile == jit:
             trainers[jit] = trainer
             for _ in range(3):  # trace, compile, warm up

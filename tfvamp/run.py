@@ -3,7 +3,7 @@
     from tfvamp import flags as tflags, run
     config = tflags.validate_config(tflags.default_config(dataset="frey_faces", model="hvae",
                                                           model_dir="runs/frey"))
-    results = run.run(config)
+    results = run.run(config)          # config: a validated `tfvamp.config.RunConfig`
 
 `run(config)` is what `scripts/train.py` does. It resumes: re-running a config whose training
 finished goes on with whatever step did not complete (evaluation, export). Its record is
@@ -12,7 +12,6 @@ weights) and `saved_model` (where the export is), written once at the end of the
 `checkpointing.update_results`.
 """
 import contextlib
-import json
 import math
 import os
 import shutil
@@ -41,11 +40,7 @@ def check_resume(model_dir, config):
     path = os.path.join(model_dir, checkpointing.CONFIG_FILE)
     if not os.path.exists(path):
         return
-    old = checkpointing.load_config(model_dir)
-    old = dict(old, init=checkpointing.stored_init(old))
-    keys = checkpointing.MODEL_KEYS + ("dataset",)
-    diff = {k: (old.get(k), config.get(k)) for k in keys
-            if json.loads(json.dumps(old.get(k))) != json.loads(json.dumps(config.get(k)))}
+    diff = checkpointing.load_config(model_dir).model_differences(config)
     if diff:
         changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items()))
         raise RunError(f"{model_dir} holds a run with different settings ({changes}). Use a new --model_dir "
@@ -64,15 +59,18 @@ def keep_run_init(model_dir, config):
     path = os.path.join(model_dir, checkpointing.CONFIG_FILE)
     if not os.path.exists(path):
         return config
-    old = checkpointing.load_config(model_dir)
-    stored = checkpointing.stored_init(old)
-    if stored != config.get("init"):
+    old = checkpointing.load_config(model_dir).model
+    stored = old.init  # `keras` for a config.json without one (tfvamp.config.LEGACY_DEFAULTS)
+    if stored != config.model.init:
         print(f"Resumed run: it started with --init={stored} ({checkpointing.CONFIG_FILE}), which it keeps.",
               flush=True)
-    kept = {k: old[k] for k in _INFERRED_FLOATS
-            if isinstance(old.get(k), (int, float)) and isinstance(config.get(k), (int, float))
-            and math.isclose(old[k], config[k], rel_tol=1e-6, abs_tol=1e-9)}
-    return dict(config, init=stored, **kept)
+    kept = {}
+    for name in _INFERRED_FLOATS:
+        a, b = getattr(old, name), getattr(config.model, name)
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=1e-6,
+                                                                                        abs_tol=1e-9):
+            kept[name] = a
+    return config.replace(init=stored, **kept)
 
 
 def keep_run_precision(model_dir, config):
@@ -81,26 +79,27 @@ def keep_run_precision(model_dir, config):
     A run started in float32 (or under another default) continues in it unless --compute_dtype
     was given explicitly (the variables are float32 in every mode, so any mode can resume any run).
     """
-    record = config.get("precision") or {}
+    record = config.precision or {}
     path = os.path.join(model_dir, checkpointing.CONFIG_FILE)
     if record.get("requested") != "auto" or not os.path.exists(path):
         return config
-    stored = checkpointing.load_config(model_dir).get("compute_dtype", "float32")
-    if stored == config["compute_dtype"]:
+    stored = checkpointing.load_config(model_dir).model.compute_dtype  # float32 when config.json has none
+    if stored == config.model.compute_dtype:
         return config
     reason = (f"resumed run: keeps the compute_dtype it started with ({stored}, {checkpointing.CONFIG_FILE}); "
-              f"auto would pick {config['compute_dtype']} ({record.get('reason')}); pass --compute_dtype to change it")
-    return dict(config, compute_dtype=stored, precision=dict(record, mode=stored, reason=reason))
+              f"auto would pick {config.model.compute_dtype} ({record.get('reason')}); pass --compute_dtype to "
+              "change it")
+    return config.replace(compute_dtype=stored, precision=dict(record, mode=stored, reason=reason))
 
 
 def describe_precision(config):
     """One line for the console: the mode, what was asked, the device and the reason."""
-    record = config.get("precision") or {}
-    asked = record.get("requested", config["compute_dtype"])
+    record = config.precision or {}
+    mode = config.model.compute_dtype
+    asked = record.get("requested", mode)
     device = f" on {record['device']}" if record.get("device") else ""
-    line = (f"Precision: {config['compute_dtype']} (--compute_dtype={asked}{device}: "
-            f"{record.get('reason', 'given explicitly')})")
-    policy = precision.for_likelihood(config["compute_dtype"], config.get("likelihood"))
+    line = f"Precision: {mode} (--compute_dtype={asked}{device}: {record.get('reason', 'given explicitly')})"
+    policy = precision.for_likelihood(mode, config.model.likelihood)
     if policy.uses_bfloat16():
         kept = [part for part, dtype in policy.dtypes.items() if dtype == precision.FLOAT32]
         line += f"; in float32: {', '.join(kept) if kept else 'no part'}, densities and the optimizer"
@@ -116,25 +115,27 @@ def load_data(config):
     """
     from tfvamp import data  # pylint: disable=import-outside-toplevel  (TFDS is slow to import)
     options = flags.source_options(config)
-    splits = data.load(config["dataset"], config["batch_size"], seed=config["seed"],
-                       eval_batch_size=config["eval_batch_size"], data_dir=config["data_dir"],
-                       manual_dir=config["manual_dir"], shuffle_train=True, drop_remainder=True,
-                       max_steps_per_epoch=config["max_steps_per_epoch"], options=options)
+    source = config.data
+    splits = data.load(source.dataset, config.training.batch_size, seed=config.model.seed,
+                       eval_batch_size=config.evaluation.eval_batch_size, data_dir=source.data_dir,
+                       manual_dir=source.manual_dir, shuffle_train=True, drop_remainder=True,
+                       max_steps_per_epoch=config.training.max_steps_per_epoch, options=options)
     pseudo_inputs_data = None
-    if priors.needs_training_images(config["prior"], config["pseudo_inputs_init"]):
+    if priors.needs_training_images(config.model.prior, config.training.pseudo_inputs_init):
         # All training images: the model draws K of them at random, seeded by --seed.
-        pseudo_inputs_data = data.training_images(config["dataset"], data_dir=config["data_dir"],
-                                                  manual_dir=config["manual_dir"], options=options)
+        pseudo_inputs_data = data.training_images(source.dataset, data_dir=source.data_dir,
+                                                  manual_dir=source.manual_dir, options=options)
     return splits, pseudo_inputs_data
 
 
 def describe_data(config, info):
     """The data section of results.json: what was read and what was inferred from it."""
-    return {"dataset": config["dataset"], "input_shape": list(info.input_shape),
+    model = config.model
+    return {"dataset": config.data.dataset, "input_shape": list(info.input_shape),
             "num_examples": dict(info.num_examples), "carved_splits": list(getattr(info, "carved", ())),
             "carve_seed": image_sources.SPLIT_SEED if getattr(info, "carved", ()) else None,
-            "pixels": getattr(info, "pixels", None), "likelihood": config["likelihood"],
-            "pseudo_inputs_init": [config["pseudo_inputs_mean"], config["pseudo_inputs_std"]],
+            "pixels": getattr(info, "pixels", None), "likelihood": model.likelihood,
+            "pseudo_inputs_init": [model.pseudo_inputs_mean, model.pseudo_inputs_std],
             "storage": getattr(info, "storage", "memory"), "notes": list(getattr(info, "notes", ())),
             "skipped_files": list(getattr(info, "skipped", ()))}
 
@@ -165,21 +166,21 @@ def evaluate_best(model, config, test_dataset, summary, num_test=None):
     Also writes TensorBoard scalars `test/...` and pictures (`<model_dir>/pictures`, TensorBoard
     `test_images/...`).
     """
-    model_dir = config["model_dir"]
-    cap = int(config["max_eval_batches"])
+    model_dir, settings, training_part = config.training.model_dir, config.evaluation, config.training
+    cap = int(settings.max_eval_batches)
     dataset = test_dataset.take(cap) if cap else test_dataset
-    test, per_example = evaluation.evaluate(model, dataset, num_samples=config["eval_samples"],
-                                            chunk_size=config["eval_chunk_size"] or None,
-                                            progress=config["progress"])
-    pixel = config["model"] == "pixelhvae"  # autoregressive sampling is slow on CPU
+    test, per_example = evaluation.evaluate(model, dataset, num_samples=settings.eval_samples,
+                                            chunk_size=settings.eval_chunk_size or None,
+                                            progress=training_part.progress)
+    pixel = config.model.model == "pixelhvae"  # autoregressive sampling is slow on CPU
     write_evaluation(
         model, dataset, test, per_example, os.path.join(model_dir, checkpointing.TENSORBOARD_DIR),
         os.path.join(model_dir, "pictures"), step=int(summary.get("epochs_trained", 0)), prefix="test",
-        pictures=dict(num_shown=int(config["eval_batch_size"]), seed=int(config["seed"]),
-                      num_samples=min(int(config["num_images"]), 16 if pixel else 64),
-                      scale=config["picture_scale"] or None, prefix="test_images"))
+        pictures=dict(num_shown=int(settings.eval_batch_size), seed=int(config.model.seed),
+                      num_samples=min(int(training_part.num_images), 16 if pixel else 64),
+                      scale=training_part.picture_scale or None, prefix="test_images"))
     partial = num_test is not None and test["num_examples"] < int(num_test)
-    return dict(test, best_epoch=summary.get("best_epoch"), eval_samples=int(config["eval_samples"]),
+    return dict(test, best_epoch=summary.get("best_epoch"), eval_samples=int(settings.eval_samples),
                 partial_test_set=bool(partial))
 
 
@@ -240,7 +241,7 @@ def evaluate_run(model_dir, **options):
         raise ValueError(f"Unknown evaluate_run options {sorted(unknown)}; known: {sorted(EVALUATE_DEFAULTS)}.")
     o = dict(EVALUATE_DEFAULTS, **options)
     model, config = checkpointing.load_model(model_dir, o["which"], compute_dtype=o["compute_dtype"])
-    batch_size = o["eval_batch_size"] or int(config.get("eval_batch_size") or 100)
+    batch_size = o["eval_batch_size"] or int(config.evaluation.eval_batch_size or 100)
     split, dataset = _evaluation_data(config, o, batch_size)
     if o["max_batches"]:
         dataset = dataset.take(o["max_batches"])
@@ -268,12 +269,12 @@ def _evaluation_data(config, o, batch_size):
         return (os.path.splitext(os.path.basename(o["images"]))[0],
                 tf.data.Dataset.from_tensor_slices(images).batch(batch_size))
     from tfvamp import data  # pylint: disable=import-outside-toplevel  (TFDS is slow to import)
-    name = o["dataset"] or config.get("dataset")
+    name = o["dataset"] or config.data.dataset
     if not name:
         raise ValueError("config.json names no dataset; pass --dataset.")
-    options = flags.source_options({**flags.default_config(), **config, "dataset": name})
-    return o["split"], data.load_split(name, o["split"], batch_size, data_dir=o["data_dir"] or config.get("data_dir"),
-                                       manual_dir=o["manual_dir"] or config.get("manual_dir"), options=options)
+    options = flags.source_options(config.replace(dataset=name))
+    return o["split"], data.load_split(name, o["split"], batch_size, data_dir=o["data_dir"] or config.data.data_dir,
+                                       manual_dir=o["manual_dir"] or config.data.manual_dir, options=options)
 
 
 def _evaluation_record(model_dir, config, summary, o):
@@ -282,7 +283,7 @@ def _evaluation_record(model_dir, config, summary, o):
 
     checkpoint = checkpointing.checkpoint_path(model_dir, o["which"])
     known = checkpointing.load_results(model_dir).get("data", {}).get("num_examples", {})
-    name = o["dataset"] or config.get("dataset")
+    name = o["dataset"] or config.data.dataset
     if not known and name in data.NAMES:
         known = data.get_info(name).num_examples
     size = None if o["images"] else known.get(o["split"])
@@ -291,9 +292,9 @@ def _evaluation_record(model_dir, config, summary, o):
     except (ValueError, tf.errors.NotFoundError):
         best_epoch = None
     return {"checkpoint": os.path.relpath(checkpoint, model_dir), "best_epoch": best_epoch,
-            "dataset": o["images"] or o["dataset"] or config.get("dataset"), "eval_samples": o["eval_samples"],
+            "dataset": o["images"] or o["dataset"] or config.data.dataset, "eval_samples": o["eval_samples"],
             "partial_test_set": bool(o["max_batches"]) or (size is not None and summary["num_examples"] < size),
-            "compute_dtype": config.get("compute_dtype", "float32"), "prior_dtype": o["prior_dtype"],
+            "compute_dtype": config.model.compute_dtype, "prior_dtype": o["prior_dtype"],
             "seed": o["seed"]}
 
 
@@ -301,12 +302,11 @@ def _pending_steps(config, summary, done):
     """Which of 'evaluate' and 'export' this run still owes, given results.json's `done`."""
     pending = []
     test = done.get("test") or {}
-    if config["evaluate"] and not (test.get("best_epoch") == summary.get("best_epoch")
-                                   and test.get("eval_samples") == int(config["eval_samples"])):
+    if config.evaluation.evaluate and not (test.get("best_epoch") == summary.get("best_epoch")
+                                           and test.get("eval_samples") == int(config.evaluation.eval_samples)):
         pending.append("evaluate")
-    export_dir = config["export_dir"]
-    if config["export"] and not (done.get("saved_model") == export_dir
-                                 and export.is_complete(export_dir)):
+    export_dir = config.export.export_dir
+    if config.export.export and not (done.get("saved_model") == export_dir and export.is_complete(export_dir)):
         pending.append("export")
     return pending
 
@@ -314,7 +314,7 @@ def _pending_steps(config, summary, done):
 def _finish(config, splits, summary):
     """Evaluation and export of the best weights, whichever is still to do. Returns the new
     results.json sections."""
-    model_dir = config["model_dir"]
+    model_dir = config.training.model_dir
     pending = _pending_steps(config, summary, checkpointing.load_results(model_dir))
     sections = {"training": {k: v for k, v in summary.items() if k != "already_complete"}}
     if not pending:
@@ -342,11 +342,12 @@ def _evaluate_and_export(model, config, splits, summary, pending, sections):
         gray = f", {test['bits_per_dim']:.4f} bits/dim" if isinstance(test.get("bits_per_dim"), float) else ""
         print(f"Test log-likelihood of the best model (epoch {summary['best_epoch']}): "
               f"{test['log_likelihood']:.4f} nats{gray}; ELBO {test['elbo']:.4f}.", flush=True)
-        checkpointing.update_results(config["model_dir"], sections)
+        checkpointing.update_results(config.training.model_dir, sections)
     if "export" in pending:
+        settings = config.export
         sections["saved_model"] = export.export_saved_model(
-            model, config["export_dir"], config=config, max_samples=config["export_max_samples"],
-            max_importance_samples=config["export_max_importance_samples"])
+            model, settings.export_dir, config=config.to_dict(), max_samples=settings.export_max_samples,
+            max_importance_samples=settings.export_max_importance_samples)
         print(f"SavedModel of the best model: {sections['saved_model']}", flush=True)
 
 
@@ -354,14 +355,14 @@ def _check_writable(config, is_chief):
     """Before anything else, that the run's outputs can be written (not after hours of training)."""
     if not is_chief:
         return
-    model_dir = os.path.abspath(config["model_dir"])
-    inside = os.path.abspath(str(config["export_dir"])).startswith(model_dir + os.sep)
+    model_dir, settings = config.training.model_dir, config.export
+    inside = os.path.abspath(str(settings.export_dir)).startswith(os.path.abspath(model_dir) + os.sep)
     try:  # an export elsewhere first (checking the run's folder creates it); one inside it after
-        if config["export"] and not inside:
-            export.check_writable(config["export_dir"])
-        checkpointing.check_writable(config["model_dir"], "the run", "Choose another --model_dir.")
-        if config["export"] and inside:
-            export.check_writable(config["export_dir"])
+        if settings.export and not inside:
+            export.check_writable(settings.export_dir)
+        checkpointing.check_writable(model_dir, "the run", "Choose another --model_dir.")
+        if settings.export and inside:
+            export.check_writable(settings.export_dir)
     except OSError as e:
         raise RunError(str(e)) from None
 
@@ -393,8 +394,8 @@ def run(config, strategy=None, splits=None, pseudo_inputs_data=None):
     Returns the results dict (also `<model_dir>/results.json`).
     Raises `training.TrainingDiverged` on a non-finite training loss.
     """
-    strategy = strategy or distribute.make_strategy(config["strategy"])  # first: before any TF op
-    model_dir = config["model_dir"]
+    strategy = strategy or distribute.make_strategy(config.training.strategy)  # first: before any TF op
+    model_dir = config.training.model_dir
     is_chief = distribute.task_info(strategy)[2]
     config = keep_run_init(model_dir, config)
     check_resume(model_dir, config)
@@ -412,9 +413,9 @@ def run(config, strategy=None, splits=None, pseudo_inputs_data=None):
         _print_data(data_section)
         if is_chief:  # only once the data is there: a failed start leaves no config behind
             checkpointing.save_config(model_dir, config)
-            checkpointing.update_results(model_dir, {"data": data_section, "precision": config.get("precision")})
+            checkpointing.update_results(model_dir, {"data": data_section, "precision": config.precision})
         trainer = training.Trainer(config, strategy, pseudo_inputs_data)
-        print(f"Training {config['model']} + {config['prior']} on {config['dataset']} with "
+        print(f"Training {config.model.model} + {config.model.prior} on {config.data.dataset} with "
               f"{type(strategy).__name__} ({trainer.num_replicas} replica(s)"
               f"{', XLA' if trainer.jit_compile else ''}; {distribute.describe_threads()}) into {model_dir}", flush=True)
         summary = trainer.fit(splits)
@@ -428,7 +429,7 @@ def run(config, strategy=None, splits=None, pseudo_inputs_data=None):
 
 def _print_where(config, results):
     """The run's outputs and how to look at them."""
-    model_dir = config["model_dir"]
+    model_dir = config.training.model_dir
     rows = [("checkpoints", os.path.join(model_dir, checkpointing.CHECKPOINT_DIR)),
             ("best weights", os.path.join(model_dir, checkpointing.BEST_DIR)),
             ("results", os.path.join(model_dir, checkpointing.RESULTS_FILE))]

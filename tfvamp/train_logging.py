@@ -35,12 +35,13 @@ class TrainLogging:
 
     def _log_config(self, writer):
         with writer.as_default():
-            rows = "\n".join(f"| {k} | {v} |" for k, v in sorted(self.config.items()))
+            flat = self.config.to_dict()
+            rows = "\n".join(f"| {k} | {v} |" for k, v in sorted(flat.items()))
             tf.summary.text("config/flags", "| flag | value |\n|---|---|\n" + rows, step=0)
             try:
                 from tensorboard.plugins.hparams import api as hp  # pylint: disable=import-outside-toplevel
                 hparams = {k: (v if isinstance(v, (bool, int, float, str)) else json.dumps(v))
-                           for k, v in self.config.items() if v is not None}
+                           for k, v in flat.items() if v is not None}
                 hp.hparams(hparams, trial_id=os.path.basename(os.path.normpath(self.model_dir)))
             except ImportError:  # tensorboard is optional; the text summary has it all
                 pass
@@ -59,8 +60,8 @@ class TrainLogging:
                 tf.summary.scalar(name, value, step=epoch)
 
     def _log_images(self, writer, epoch, validation):
-        n = int(self.config["num_images"])
-        seed = int(self.config["seed"])
+        n = int(self.config.training.num_images)
+        seed = int(self.config.model.seed)
         with writer.as_default():
             pictures.tensorboard_image("images/samples", self.model.sample(n, seed=seed + _IMAGE_STREAM).numpy(),
                                        step=epoch)
@@ -75,19 +76,19 @@ class TrainLogging:
 
     def _validation_images(self, splits):
         """A few validation images at seeded random positions, for the TensorBoard grids."""
-        if not int(self.config["image_every_epochs"]):
+        if not int(self.config.training.image_every_epochs):
             return None
-        num = max(1, int(self.config["num_images"]) // 2)
+        num = max(1, int(self.config.training.num_images) // 2)
         count = (getattr(getattr(splits, "info", None), "num_examples", None) or {}).get("validation")
         if count:  # random positions: a split stored in class order would show one class
-            return evaluation.pick_images(splits.validation, num, count, seed=int(self.config["seed"]))
+            return evaluation.pick_images(splits.validation, num, count, seed=int(self.config.model.seed))
         for x in splits.validation.take(1):
             return x.numpy()[:num]
         return None
 
     def _print_status(self, epoch, train, val, improved, clock):
         """The whole run on one line: epoch/max, beta, losses, best epoch, patience, time."""
-        stopper, epochs = self.early_stopping, int(self.config["epochs"])
+        stopper, epochs = self.early_stopping, int(self.config.training.epochs)
         elapsed = time.perf_counter() - clock[0]
         done = epoch - clock[1] + 1
         eta = elapsed / done * (epochs - epoch)

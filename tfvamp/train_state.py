@@ -30,19 +30,19 @@ class TrainState:
     def _build_state(self, pseudo_inputs_data):
         config = self.config
         self.model = checkpointing.model_from_config(config, pseudo_inputs_data)
-        self.optimizer = optimizers.make_optimizer(config["optimizer"], config["lr"])
+        self.optimizer = optimizers.make_optimizer(config.training.optimizer, config.training.lr)
         self.optimizer.build(self.model.trainable_variables)  # slots exist before any restore
         # beta is read inside the compiled step, so it is a variable: a Python float would be
         # frozen into the graph at trace time.
-        self.beta = tf.Variable(warmup_beta(1, config["warmup_epochs"]), trainable=False, dtype=tf.float32,
+        self.beta = tf.Variable(warmup_beta(1, config.training.warmup_epochs), trainable=False, dtype=tf.float32,
                                 name="beta")
         self.epoch = tf.Variable(0, trainable=False, dtype=tf.int64, name="epoch")
         self.stop_reason = tf.Variable(0, trainable=False, dtype=tf.int64, name="stop_reason")
         self.train_seconds = tf.Variable(0.0, trainable=False, dtype=tf.float64, name="train_seconds")
         # The noise stream: stateless seeds from this and optimizer.iterations.
-        self.noise_seed = tf.Variable([int(config["seed"]), _NOISE_STREAM], trainable=False, dtype=tf.int64,
+        self.noise_seed = tf.Variable([int(config.model.seed), _NOISE_STREAM], trainable=False, dtype=tf.int64,
                                       name="noise_seed")
-        self.early_stopping = EarlyStopping(config["early_stopping_epochs"], config["warmup_epochs"])
+        self.early_stopping = EarlyStopping(config.training.early_stopping_epochs, config.training.warmup_epochs)
         self.checkpoint = tf.train.Checkpoint(
             model=self.model, optimizer=self.optimizer, epoch=self.epoch, beta=self.beta,
             stop_reason=self.stop_reason, train_seconds=self.train_seconds, noise_seed=self.noise_seed,
@@ -88,7 +88,7 @@ class TrainState:
         if path is None:
             return 0
         self.checkpoint.restore(path).assert_existing_objects_matched()
-        lr = float(self.config["lr"])
+        lr = float(self.config.training.lr)
         if not math.isclose(float(self.optimizer.learning_rate.numpy()), lr, rel_tol=1e-6):
             logging.warning("--lr changed on resume: now %g.", lr)
         self.optimizer.learning_rate.assign(lr)

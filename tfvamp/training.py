@@ -164,27 +164,27 @@ class Trainer(TrainState, TrainStep, TrainLogging):
 
     Args:
       config: a validated run config (`tfvamp.flags.validate_config`).
-      strategy: the `tf.distribute.Strategy` (default: `distribute.make_strategy(config['strategy'])`).
+      strategy: the `tf.distribute.Strategy` (default: `distribute.make_strategy(config.training.strategy)`).
       pseudo_inputs_data: training images `[N >= K, H, W, C]` for `vampprior_data` (or the
         `data` initialisation of the other VampPriors).
     """
 
     def __init__(self, config, strategy=None, pseudo_inputs_data=None):
-        self.config = dict(config)
-        self.strategy = strategy or distribute.make_strategy(config["strategy"])
-        self.model_dir = config["model_dir"]
+        self.config = config
+        self.strategy = strategy or distribute.make_strategy(config.training.strategy)
+        self.model_dir = config.training.model_dir
         self.num_replicas = int(self.strategy.num_replicas_in_sync)
-        self.global_batch = int(config["batch_size"])
+        self.global_batch = int(config.training.batch_size)
         if self.global_batch % self.num_replicas:
             raise ValueError(f"--batch_size={self.global_batch} does not split over {self.num_replicas} "
                              "replicas; use a multiple of the number of replicas.")
         self.local_batch = self.global_batch // self.num_replicas
         self.task_type, self.task_id, self.is_chief = distribute.task_info(self.strategy)
         self.multi_worker = self.task_type is not None
-        self.jit_compile = resolve_jit(config["jit_compile"], config["model"])
+        self.jit_compile = resolve_jit(config.training.jit_compile, config.model.model)
         # Seeds every initializer, including the layers' unseeded ones, so that --seed fixes
         # the initial weights (multi-worker runs also broadcast the chief's).
-        keras.utils.set_random_seed(int(config["seed"]))
+        keras.utils.set_random_seed(int(config.model.seed))
         with self.strategy.scope():
             self._build_state(pseudo_inputs_data)
         self.history = []  # one dict per epoch this process ran: epoch, seconds, steps, losses
@@ -197,9 +197,9 @@ class Trainer(TrainState, TrainStep, TrainLogging):
         [loss, reconstruction, kl] per example, steps, seconds)."""
         iterator = iter(batches) if isinstance(batches, tf.data.Dataset) else batches
         bar = None
-        if self.config["progress"] and self.is_chief:
+        if self.config.training.progress and self.is_chief:
             from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
-            bar = tqdm(total=steps, desc=f"epoch {epoch}/{self.config['epochs']}", unit="batch",
+            bar = tqdm(total=steps, desc=f"epoch {epoch}/{self.config.training.epochs}", unit="batch",
                        leave=False, dynamic_ncols=True)
         totals = tf.zeros([3], tf.float64)  # on the device: no host round trip per step
         num_steps, start = 0, time.perf_counter()
@@ -228,10 +228,10 @@ class Trainer(TrainState, TrainStep, TrainLogging):
         epochs are compared on common random numbers, and every worker of a multi-worker run
         computes the same number.
         """
-        cap = int(self.config["max_eval_batches"])
+        cap = int(self.config.evaluation.max_eval_batches)
         if cap:
             dataset = dataset.take(cap)
-        base = tf.constant([int(self.config["seed"]), _VALIDATION_STREAM], tf.int64)
+        base = tf.constant([int(self.config.model.seed), _VALIDATION_STREAM], tf.int64)
         totals, count = np.zeros(3), 0
         for i, x in enumerate(dataset):
             seed = tf.random.experimental.stateless_fold_in(base, i)
@@ -266,7 +266,7 @@ class Trainer(TrainState, TrainStep, TrainLogging):
         num_train = (getattr(info, "num_examples", None) or {}).get("train")
         if num_train is None:
             num_train = int(splits.train.cardinality()) * self.global_batch
-        return steps_per_epoch(num_train, self.global_batch, self.config["max_steps_per_epoch"])
+        return steps_per_epoch(num_train, self.global_batch, self.config.training.max_steps_per_epoch)
 
     def _epoch_stream(self, splits, first_epoch, steps):
         """`epoch_stream`; for a streamed source on several replicas, each input pipeline (each
@@ -285,10 +285,10 @@ class Trainer(TrainState, TrainStep, TrainLogging):
           TrainingDiverged: the training loss of an epoch is not finite (that epoch is not saved).
         """
         start_epoch = self.restore() + 1
-        if start_epoch == 1 and self.config.get("init_from"):
-            self._init_from(self.config["init_from"])
+        if start_epoch == 1 and self.config.training.init_from:
+            self._init_from(self.config.training.init_from)
         reason = STOP_REASONS[int(self.stop_reason.numpy())]
-        epochs = int(self.config["epochs"])
+        epochs = int(self.config.training.epochs)
         if start_epoch > 1:
             print(f"Resuming from the checkpoint of epoch {start_epoch - 1} in {self.checkpoint_dir} "
                   f"(step {int(self.optimizer.iterations.numpy())}, {self.early_stopping})", flush=True)
@@ -324,7 +324,7 @@ class Trainer(TrainState, TrainStep, TrainLogging):
     def _run_epoch(self, epoch, batches, steps, validation, writer, validation_images, clock):
         """One epoch: train, validate, early stopping, checkpoints, logs. Returns (stop, reason)."""
         epoch_start = time.perf_counter()
-        self.beta.assign(warmup_beta(epoch, self.config["warmup_epochs"]))
+        self.beta.assign(warmup_beta(epoch, self.config.training.warmup_epochs))
         train, num_steps, train_seconds = self.train_epoch(epoch, batches, steps)
         if not np.all(np.isfinite(train)):
             last = tf.train.latest_checkpoint(self.checkpoint_dir)
@@ -345,14 +345,16 @@ class Trainer(TrainState, TrainStep, TrainLogging):
             self.epoch.assign(epoch)
             self.stop_reason.assign(STOP_REASONS.index(why) if stop else 0)
             # The best weights are on disk before the checkpoint that records them.
-            self._save(self.checkpoint, self.checkpoint_dir, epoch, keep=int(self.config["checkpoints_to_keep"]))
+            self._save(self.checkpoint, self.checkpoint_dir, epoch,
+                       keep=int(self.config.training.checkpoints_to_keep))
         epoch_seconds = time.perf_counter() - epoch_start
         examples_per_second = num_steps * self.global_batch / max(train_seconds, 1e-9)
         self.history.append({"epoch": epoch, "seconds": epoch_seconds, "train_seconds": train_seconds,
                              "steps": num_steps, "train_loss": float(train[0]), "validation_loss": float(val[0])})
         self._log_scalars(writer, epoch, train, val, epoch_seconds, examples_per_second)
-        every = int(self.config["image_every_epochs"])
-        if every and (epoch == clock[1] or epoch % every == 0 or stop or epoch == int(self.config["epochs"])):
+        every = int(self.config.training.image_every_epochs)
+        last = epoch == int(self.config.training.epochs)
+        if every and (epoch == clock[1] or epoch % every == 0 or stop or last):
             self._log_images(writer, epoch, validation_images)
         writer.flush()
         self._print_status(epoch, train, val, improved, clock)
@@ -373,7 +375,7 @@ class Trainer(TrainState, TrainStep, TrainLogging):
                 f"Validation loss {val_loss:.4g} in epoch {epoch} is more than {DIVERGENCE_FACTOR:g} times the loss "
                 f"of a model that ignores the data ({bound / DIVERGENCE_FACTOR:.4g} nats): training diverged. "
                 f"Stopped without saving epoch {epoch}; the last good checkpoint is {last or 'none'}. "
-                f"Re-run with a smaller --lr (e.g. {float(self.config['lr']) / 10:g}) and a new --model_dir.")
+                f"Re-run with a smaller --lr (e.g. {float(self.config.training.lr) / 10:g}) and a new --model_dir.")
 
     def summary(self, reason):
         """How training ended: stop reason, epochs, steps, best epoch and loss, seconds."""

@@ -47,6 +47,7 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from tfvamp import cli  # noqa: E402
+from tfvamp import config as config_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["vae", "hvae", "convhvae", "pixelhvae"], "Model families.")
@@ -227,8 +228,9 @@ def _table(rows, peak):
         rate = t["flops_per_step"] / t["seconds_per_step"]
         ev = r.get("eval")
         ev_rate = ev["flops_per_image"] * ev["images_per_second"] if ev else None
+        mode = r.get("compute_dtype", config_lib.LEGACY_DEFAULTS["compute_dtype"])  # rows from before the field
         cells = (r["model"], "x".join(map(str, r.get("image_shape", (28, 28, 1)))), r["prior"],
-                 str(r["k"]) if r["prior"] != "standard" else "-", r.get("compute_dtype", "float32"),
+                 str(r["k"]) if r["prior"] != "standard" else "-", mode,
                  f"{1000 * t['seconds_per_step']:.1f}", f"{t['steps_per_second']:.1f}",
                  f"{t['examples_per_second']:.0f}", f"{t['flops_per_step'] / 1e9:.2f}", f"{rate / 1e9:.0f}",
                  f"{100 * rate / peak:.0f}%", f"{r['overhead']:.2f}x" if r.get("overhead") else "1.00x",
@@ -457,10 +459,10 @@ def xla_benchmark(argv):
         return console.fail(str(e), 1)
     except ValueError as e:
         return console.fail(f"{e}\n{console.FLAG_HINT}", 2)
-    strategy = distribute.make_strategy(config["strategy"], devices=devices)
+    strategy = distribute.make_strategy(config.training.strategy, devices=devices)
     timings = profiling.benchmark_xla(config, steps=FLAGS.xla_steps, strategy=strategy)
     for jit, seconds in sorted(timings.items()):
-        print(f"{config['model']} {config['prior']} {config['dataset']} batch {config['batch_size']} "
+        print(f"{config.model.model} {config.model.prior} {config.data.dataset} batch {config.training.batch_size} "
               f"jit_compile={jit}: {1000 * seconds:.1f} ms/step")
     return 0
 

@@ -27,10 +27,10 @@ def summarize(model_dir, split):
     from tfvamp import checkpointing, evaluation  # pylint: disable=import-outside-toplevel
     config = checkpointing.load_config(model_dir)
     lls = np.load(os.path.join(model_dir, f"eval_{split}.npz"))["log_likelihood"].astype(np.float64)
-    summary = {"model_dir": model_dir, "compute_dtype": config.get("compute_dtype", "float32"),
+    summary = {"model_dir": model_dir, "compute_dtype": config.model.compute_dtype,  # float32 for older runs
                "log_likelihood": float(lls.mean())}
-    if config.get("likelihood", "").startswith("discretized_logistic"):
-        summary["bits_per_dim"] = float(evaluation.bits_per_dim(lls.mean(), math.prod(config["input_shape"])))
+    if (config.model.likelihood or "").startswith("discretized_logistic"):
+        summary["bits_per_dim"] = float(evaluation.bits_per_dim(lls.mean(), math.prod(config.model.image_shape)))
     return lls, summary
 
 

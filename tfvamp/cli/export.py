@@ -35,7 +35,7 @@ def _main(argv):
 
     model, config = checkpointing.load_model(FLAGS.model_dir, FLAGS.which)
     export_dir = FLAGS.export_dir or checkpointing.default_export_dir(FLAGS.model_dir)
-    export.export_saved_model(model, export_dir, config, max_samples=FLAGS.max_samples,
+    export.export_saved_model(model, export_dir, config.to_dict(), max_samples=FLAGS.max_samples,
                               max_importance_samples=FLAGS.max_importance_samples)
     print(f"SavedModel written to {export_dir}")
     print(f"  model={model.model_name} prior={model.prior_name} likelihood={model.likelihood_name} "

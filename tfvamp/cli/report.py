@@ -40,17 +40,18 @@ flags.DEFINE_string("output_dir", "docs/results/paper_budget", "With --paper_bud
 # ---- the reduced-budget table --------------------------------------------------------------------
 def row(run_dir):
     """One run's cells of the reduced-budget table."""
-    with open(os.path.join(run_dir, "config.json")) as f:
-        config = json.load(f)
+    from tfvamp import checkpointing  # pylint: disable=import-outside-toplevel
+
+    config = checkpointing.load_config(run_dir)
     with open(os.path.join(run_dir, "results.json")) as f:
         results = json.load(f)
     test, training = results["test"], results.get("training", {})
     gray = "bits_per_dim" in test
     units = test.get("active_units", {})
-    published = paper.published(config["dataset"], config["model"], config["prior"])
+    dataset, model, prior = config.data.dataset, config.model.model, config.model.prior
+    published = paper.published(dataset, model, prior)
     return {
-        "run": os.path.basename(os.path.normpath(run_dir)), "dataset": config["dataset"],
-        "model": config["model"], "prior": config["prior"],
+        "run": os.path.basename(os.path.normpath(run_dir)), "dataset": dataset, "model": model, "prior": prior,
         "epochs": training.get("epochs_trained"), "best_epoch": training.get("best_epoch"),
         "S": test.get("num_samples"),
         "ll": f"{test['log_likelihood']:.2f} ± {test.get('log_likelihood_sem', float('nan')):.2f}",
@@ -88,13 +89,14 @@ def _cpu():
 
 
 def record(run_dir):
-    """config.json merged with results.json (and the CPU model), or None for an unfinished run."""
+    """config.json (`RunConfig.to_dict()`) merged with results.json (and the CPU model), or None
+    for an unfinished run."""
     from tfvamp import checkpointing  # pylint: disable=import-outside-toplevel
 
     results = checkpointing.load_results(run_dir)
     if "test" not in results:
         return None
-    return {"run": os.path.basename(os.path.normpath(run_dir)), "config": checkpointing.load_config(run_dir),
+    return {"run": os.path.basename(os.path.normpath(run_dir)), "config": checkpointing.load_config(run_dir).to_dict(),
             **results, "machine": {"cpu": results.get("machine", {}).get("cpu") or _cpu()}}
 
 
@@ -120,18 +122,21 @@ def _duration(seconds):
 
 def table_row(rec):
     """One run's cells of the paper-budget table."""
-    config, test, training = rec["config"], rec["test"], rec["training"]
+    from tfvamp.config import RunConfig  # pylint: disable=import-outside-toplevel
+
+    config, test, training = RunConfig.from_dict(rec["config"]), rec["test"], rec["training"]
     gray = "bits_per_dim" in test
     sem = test["log_likelihood_sem"]
-    ours = (f"{test['bits_per_dim']:.3f} ± {sem / (math.prod(config['input_shape']) * math.log(2)):.3f}" if gray
+    pixels = math.prod(config.model.image_shape)
+    ours = (f"{test['bits_per_dim']:.3f} ± {sem / (pixels * math.log(2)):.3f}" if gray
             else f"{test['log_likelihood']:.2f} ± {sem:.2f}")
-    published = paper.published(config["dataset"], config["model"], config["prior"])
+    published = paper.published(config.data.dataset, config.model.model, config.model.prior)
     diff = (test["bits_per_dim"] if gray else test["log_likelihood"]) - published if published is not None else None
     units = ", ".join(f"{k} {v}" for k, v in sorted(test.get("active_units", {}).items()))
     return [rec["run"], f"{published:.2f}" if published is not None else "-", ours,
             f"{diff:+.3f}" if diff is not None else "-",
             f"{training['epochs_trained']} ({training['best_epoch']}), {training['stop_reason'].replace('_', ' ')}",
-            _duration(training["train_seconds"]), str(config.get("threads") or "all"), units,
+            _duration(training["train_seconds"]), str(config.training.threads or "all"), units,
             str(test.get("components_in_use", "-")), str(test.get("pseudo_inputs_moved", "-"))]
 
 

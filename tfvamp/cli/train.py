@@ -43,7 +43,7 @@ def _main(argv):
     # pylint: disable=import-outside-toplevel
     from tfvamp import run
     from tfvamp import training
-    strategy = distribute.make_strategy(config["strategy"], devices=devices)
+    strategy = distribute.make_strategy(config.training.strategy, devices=devices)
     try:
         run.run(config, strategy)
     except KeyboardInterrupt:
