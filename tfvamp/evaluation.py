@@ -29,16 +29,6 @@ from tfvamp import priors
 ACTIVE_UNIT_THRESHOLD = 0.01
 
 _ELBO_FUNCTIONS = weakref.WeakKeyDictionary()
-# Moved to `tfvamp.evaluation_writers` (issue 25), still reachable here for the callers not yet
-# switched (tfvamp/run.py, tfvamp/cli/evaluate.py); remove this and `__getattr__` once they are.
-_MOVED_TO_WRITERS = ("PROJECTOR_MAX_IMAGES", "write_pictures", "write_projector", "write_summaries", "save_results")
-
-
-def __getattr__(name):
-    if name in _MOVED_TO_WRITERS:
-        from tfvamp import evaluation_writers  # pylint: disable=import-outside-toplevel
-        return getattr(evaluation_writers, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _batches(data, batch_size=100):

@@ -22,6 +22,7 @@ import tensorflow as tf
 from tfvamp import checkpointing
 from tfvamp import distribute
 from tfvamp import evaluation
+from tfvamp import evaluation_writers
 from tfvamp import export
 from tfvamp import flags
 from tfvamp import image_sources
@@ -189,20 +190,21 @@ def write_evaluation(model, dataset, summary, per_example, log_dir, picture_dir,
     """Records an evaluation of `model` on `dataset` (`evaluation.evaluate`'s summary and
     per-example arrays): the numbers as TensorBoard scalars `<prefix>/...` in `log_dir`; with
     `pictures` (a dict: `num_shown` images picked at seeded random positions, test sets being
-    sorted by class, and the other keyword arguments of `evaluation.write_pictures`, whose `seed`
+    sorted by class, and the other keyword arguments of `evaluation_writers.write_pictures`, whose `seed`
     also picks them) the PNG files in `picture_dir`, the same pictures in TensorBoard, and the
     projector of the top latent means. Returns {picture: path}.
     """
     writer = tf.summary.create_file_writer(log_dir)
-    evaluation.write_summaries(writer, summary, step=step, prefix=prefix)
+    evaluation_writers.write_summaries(writer, summary, step=step, prefix=prefix)
     paths = {}
     if pictures is not None:
         options = dict(pictures)
         shown = options.pop("num_shown")
         images = evaluation.pick_images(dataset, shown, summary["num_examples"], seed=options.get("seed", 0))
-        paths = evaluation.write_pictures(model, images, picture_dir, log_likelihoods=per_example["log_likelihood"],
-                                          usage=per_example.get("component_usage"), writer=writer, step=step,
-                                          **options)
+        paths = evaluation_writers.write_pictures(model, images, picture_dir,
+                                                  log_likelihoods=per_example["log_likelihood"],
+                                                  usage=per_example.get("component_usage"), writer=writer, step=step,
+                                                  **options)
     writer.close()
     if pictures is not None:
         paths["projector"] = _write_projector(model, dataset, per_example, log_dir)
@@ -211,13 +213,13 @@ def write_evaluation(model, dataset, summary, per_example, log_dir, picture_dir,
 
 def _write_projector(model, dataset, per_example, log_dir):
     """The test set's top latent means in TensorBoard's projector (at most PROJECTOR_MAX_IMAGES)."""
-    limit = evaluation.PROJECTOR_MAX_IMAGES
+    limit = evaluation_writers.PROJECTOR_MAX_IMAGES
     images = [x.numpy() for x in dataset.unbatch().take(limit).batch(1000)]
     images = images and tf.concat(images, 0).numpy()
     if len(images) < 2:
         return None
     means = per_example[f"{model.top_latent_name}_mean"][:limit]
-    return evaluation.write_projector(log_dir, means, images, per_example["log_likelihood"][:limit])
+    return evaluation_writers.write_projector(log_dir, means, images, per_example["log_likelihood"][:limit])
 
 
 # What `evaluate_run` does unless told otherwise (scripts/evaluate.py's flags).
@@ -252,7 +254,8 @@ def evaluate_run(model_dir, **options):
     summary, per_example = evaluation.evaluate(
         model, dataset, num_samples=o["eval_samples"], chunk_size=o["chunk_size"] or None,
         prior_dtype=o["prior_dtype"], seed=o["seed"], progress=o["progress"])
-    results_path = evaluation.save_results(model_dir, summary, split, **_evaluation_record(model_dir, config, summary, o))
+    record = _evaluation_record(model_dir, config, summary, o)
+    results_path = evaluation_writers.save_results(model_dir, summary, split, **record)
     np.savez(os.path.join(model_dir, f"eval_{split}.npz"), **per_example)
     paths = write_evaluation(model, dataset, summary, per_example,
                              os.path.join(model_dir, checkpointing.TENSORBOARD_DIR, "eval"),
