@@ -24,6 +24,7 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
+from tfvamp import noise
 from tfvamp import priors
 
 ACTIVE_UNIT_THRESHOLD = 0.01
@@ -52,11 +53,12 @@ def _num_batches(data):
 
 
 def _elbo_terms(model):
-    """A compiled `images -> loss_terms(images, beta=1)` for `model` (cached per model)."""
+    """A compiled `(images, seed [2]) -> loss_terms(images, beta=1)` for `model` (cached per
+    model); the one-sample noise is a stateless draw from `seed`."""
     fn = _ELBO_FUNCTIONS.get(model)
     if fn is None:
-        def terms(x):
-            return model.loss_terms(x, beta=1.0, training=False)
+        def terms(x, seed):
+            return model.loss_terms(x, beta=1.0, training=False, noise_fn=noise.noise_fn(seed))
 
         fn = tf.function(terms, reduce_retracing=True, autograph=False)
         _ELBO_FUNCTIONS[model] = fn
@@ -151,7 +153,8 @@ def evaluate(model, dataset, *, num_samples=5000, chunk_size=None, prior_dtype="
     for index, x in enumerate(_batches(dataset)):
         lls.append(model.log_likelihood(x, num_samples=num_samples, chunk_size=chunk_size, prior_dtype=prior_dtype,
                                         seed=None if seed is None else int(seed) + index).numpy())
-        terms = elbo_terms(x)
+        # Stream 4: apart from the importance samples' (0), so the ELBO's noise is its own.
+        terms = elbo_terms(x, noise.seed_pair(None if seed is None else int(seed) + index, 4))
         elbos.append(-terms["loss"].numpy())
         recons.append(terms["reconstruction"].numpy())
         kls.append(terms["kl"].numpy())
