@@ -202,8 +202,8 @@ def child_pipeline(out_file, warmup, batches, argv):
     distribute.set_threads(flags.FLAGS.threads)
     config = tflags.config_from_flags(flags.FLAGS)
     options = tflags.source_options(config)
-    splits = data.load(config["dataset"], config["batch_size"], seed=config["seed"], data_dir=config["data_dir"],
-                       options=options)
+    splits = data.load(config.data.dataset, config.training.batch_size, seed=config.model.seed,
+                       data_dir=config.data.data_dir, options=options)
     iterator = iter(splits.epochs(1))
     for _ in range(warmup):
         next(iterator)
@@ -227,7 +227,7 @@ def _prepared_folder(data_dir):
         names = os.listdir(root)
     except OSError:
         return None
-    done = [n for n in names if ".incomplete-" not in n]
+    done = [n for n in names if ".incomplete-" not in n and os.path.isdir(os.path.join(root, n))]  # not the .lock
     return os.path.join(root, done[0]) if done else None
 
 
