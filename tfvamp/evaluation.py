@@ -52,6 +52,10 @@ def _num_batches(data):
     return None
 
 
+# The seed stream of the ELBO's one-sample noise: apart from the importance samples' (0).
+ELBO_STREAM = 4
+
+
 def _elbo_terms(model):
     """A compiled `(images, seed [2]) -> loss_terms(images, beta=1)` for `model` (cached per
     model); the one-sample noise is a stateless draw from `seed`."""
@@ -153,8 +157,7 @@ def evaluate(model, dataset, *, num_samples=5000, chunk_size=None, prior_dtype="
     for index, x in enumerate(_batches(dataset)):
         lls.append(model.log_likelihood(x, num_samples=num_samples, chunk_size=chunk_size, prior_dtype=prior_dtype,
                                         seed=None if seed is None else int(seed) + index).numpy())
-        # Stream 4: apart from the importance samples' (0), so the ELBO's noise is its own.
-        terms = elbo_terms(x, noise.seed_pair(None if seed is None else int(seed) + index, 4))
+        terms = elbo_terms(x, noise.seed_pair(None if seed is None else int(seed) + index, ELBO_STREAM))
         elbos.append(-terms["loss"].numpy())
         recons.append(terms["reconstruction"].numpy())
         kls.append(terms["kl"].numpy())
