@@ -25,30 +25,29 @@ Binarisation (dynamic_mnist, omniglot, and --binarize=dynamic): pixel ~ Bernoull
     dynamic MNIST the release's validation and test images bit for bit.
 --binarize=static binarises every split once, with that seed.
 
-Only this module, `tfvamp.image_sources` and `tfvamp.datasets` touch files; `get_info` of a
-paper dataset does no I/O (of your own images, it reads them, once per process).
+Only this module, `tfvamp.paper_data`, `tfvamp.image_sources` and `tfvamp.datasets` touch files;
+`get_info` of a paper dataset does no I/O (of your own images, it reads them, once per process).
 """
 from __future__ import annotations
 
 import dataclasses
 import os
-import time
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, NamedTuple
 
 import numpy as np
 import tensorflow as tf
 
 from tfvamp import image_sources
+from tfvamp import paper_data, pipeline
 from tfvamp import prepared as prepared_sources
 from tfvamp.datasets.errors import DataError  # re-exported: tfvamp.data.DataError
 from tfvamp.datasets.facts import MANUAL_DIR_ENV, PAPER_DATASETS, SPLITS
 from tfvamp.image_sources import SourceOptions
-
-EVAL_BINARIZATION_SEED = 777
-# tf.data's autotuner makes tearing down an iterator wait on its timer (up to seconds at the end
-# of an epoch, docs/benchmarks.md); these pipelines are too simple to need tuning.
-_OPTIONS = tf.data.Options()
-_OPTIONS.autotune.enabled = False
+# Re-exported: tfvamp.data.prepare, tfvamp.data.to_unit, ... (the paper datasets' preparation is
+# `tfvamp.paper_data`, the tf.data pipeline of images in memory `tfvamp.pipeline`).
+from tfvamp.paper_data import available, missing_files, original_files, prepare
+from tfvamp.pipeline import EVAL_BINARIZATION_SEED, to_unit
+from tfvamp.pipeline import unit_numpy as _unit_numpy
 
 __all__ = ["DataError", "DatasetInfo", "Splits", "SourceOptions", "get_info", "load", "load_split", "from_array",
            "as_numpy", "prepare", "available", "NAMES", "SPLITS", "EVAL_BINARIZATION_SEED", "MANUAL_DIR_ENV"]
@@ -112,8 +111,7 @@ def get_info(name: str, options: SourceOptions | None = None) -> DatasetInfo:
         return _INFOS[name]
     if image_sources.is_source(name):
         return _source(name, options or SourceOptions()).info
-    raise ValueError(f"unknown dataset {name!r}; use one of {', '.join(NAMES)}, or your images as folder:PATH, "
-                     "array:PATH (.npy/.npz) or tfds:NAME")
+    raise paper_data.unknown_dataset(name)
 
 
 def _source_info(image_set, options, **extra):
@@ -249,8 +247,7 @@ def load_split(name: str, split: str, batch_size: int, *, data_dir=None, manual_
         from tfvamp import streaming  # pylint: disable=import-outside-toplevel
 
         return streaming.evaluation(store, split, batch_size)
-    x = _preprocessed(store, split)
-    return tf.data.Dataset.from_tensor_slices(x).batch(batch_size).prefetch(2).with_options(_OPTIONS)
+    return pipeline.evaluation_batches(pipeline.preprocessed(store, split), batch_size)
 
 
 def as_numpy(name: str, split: str, *, data_dir=None, manual_dir=None, seed: int = 0,
@@ -299,75 +296,6 @@ def training_images(name: str, *, data_dir=None, manual_dir=None, options: Sourc
     return as_numpy(name, "train", data_dir=data_dir, manual_dir=manual_dir, options=options)
 
 
-def available(*, data_dir=None, manual_dir=None) -> list[str]:
-    """Datasets that are prepared in `data_dir` or whose original files can all be found.
-
-    Only looks at the disk (no download), e.g. to choose what `prepare` builds by default.
-    """
-    return [n for n in NAMES if not missing_files(n, data_dir=data_dir, manual_dir=manual_dir)]
-
-
-def missing_files(name: str, *, data_dir=None, manual_dir=None) -> list[str]:
-    """Names of the original files of dataset `name` that cannot be found (empty when it is
-    prepared in `data_dir`). Only looks at the disk (no download)."""
-    builder = _builder(name, data_dir)
-    if _is_prepared(builder):
-        return []
-    found = _found_files(builder, manual_dir)
-    return [s.name for s, path in zip(builder.SOURCES, found) if path is None]
-
-
-def prepare(names: Sequence[str] | None = None, *, data_dir=None, manual_dir=None,
-            overwrite: bool = False, echo: Callable[[str], None] = print) -> dict[str, float]:
-    """Prepare the TFDS data of `names` ahead of time, with progress output.
-
-    Args:
-      names: datasets to prepare; default every dataset in `available()` (the others are
-        listed as skipped, with the files they lack).
-      overwrite: rebuild datasets that are already prepared.
-      echo: where progress lines go.
-
-    Returns:
-      {name: seconds} for the datasets built or found prepared.
-
-    Raises:
-      DataError: after trying all of them, if any dataset failed (each failure is echoed).
-    """
-    explicit = names is not None
-    names = [names] if isinstance(names, str) else list(NAMES if names is None else names)
-    for n in names:
-        get_info(n)
-    todo = []
-    for n in names:
-        missing = missing_files(n, data_dir=data_dir, manual_dir=manual_dir)
-        if missing and not explicit:
-            echo(f"skip {n}: not found: {', '.join(missing)}")
-        else:
-            todo.append(n)
-    timings, failures = {}, []
-    for i, n in enumerate(todo, 1):
-        builder = _builder(n, data_dir)
-        echo(f"[{i}/{len(todo)}] {n} -> {builder.data_dir}")
-        start = time.perf_counter()
-        if _is_prepared(builder) and not overwrite:
-            echo("    already prepared; reusing it")
-        else:
-            for path in _found_files(builder, manual_dir):
-                echo(f"    from {path}")
-            try:
-                _prepare(builder, manual_dir, overwrite)
-            except DataError as e:
-                echo(f"    FAILED: {e}")
-                failures.append(n)
-                continue
-        timings[n] = time.perf_counter() - start
-        sizes = ", ".join(f"{s} {builder.info.splits[s].num_examples}" for s in SPLITS)
-        echo(f"    done in {timings[n]:.1f} s ({sizes})")
-    if failures:
-        raise DataError(f"could not prepare {', '.join(failures)} (see the messages above)")
-    return timings
-
-
 # ----------------------------------------------------------------------------- internals
 
 def _positive_int(what, value) -> int:
@@ -380,100 +308,6 @@ def _seed(seed) -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**62:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     return int(seed)
-
-
-def original_files(name: str) -> list:
-    """The original files of paper dataset `name` (`tfvamp.datasets.files.SourceFile`: name,
-    sha256, size cap, ...), as its builder reads and verifies them."""
-    return list(_builder(name, None).SOURCES)
-
-
-def _builder(name: str, data_dir):
-    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-
-    import tfvamp.datasets  # noqa: F401  pylint: disable=import-outside-toplevel  (registers)
-    return tfds.builder(get_info(name).builder_name, data_dir=data_dir)
-
-
-def _prepare(builder, manual_dir, overwrite: bool = False) -> None:
-    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-
-    _remove_incomplete(builder)
-    mode = (tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if overwrite
-            else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
-    config = tfds.download.DownloadConfig(
-        manual_dir=manual_dir or os.environ.get(MANUAL_DIR_ENV) or None,
-        download_mode=mode, try_download_gcs=False)
-    try:
-        builder.download_and_prepare(download_config=config)
-    except DataError as e:
-        # Re-raise from here: the message says it all, the frames inside TFDS would not help.
-        raise type(e)(str(e)) from None
-
-
-def _remove_incomplete(builder) -> None:
-    """Deletes the `incomplete.*` folders a killed build left (TFDS renames a build into place
-    only when it succeeds, so they are never read, only in the way)."""
-    import shutil  # pylint: disable=import-outside-toplevel
-
-    folder = builder.data_dir_root / builder.name
-    for pattern in ("incomplete.*", "*.incomplete*"):
-        for path in folder.glob(pattern):
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _is_prepared(builder) -> bool:
-    # What builder.is_prepared() checks, without its warning for every unprepared folder.
-    return (builder.data_path / "dataset_info.json").exists()
-
-
-def _prepared_builder(name, data_dir, manual_dir):
-    builder = _builder(name, data_dir)
-    if not _is_prepared(builder):
-        _prepare(builder, manual_dir)
-    return builder
-
-
-def _found_files(builder, manual_dir) -> list:
-    """Where each original file of `builder` is (None where it cannot be found), no download."""
-    from tfvamp.datasets import files  # pylint: disable=import-outside-toplevel
-
-    bases = files.search_bases(manual_dir, builder.data_dir_root / "downloads")
-    return [files.locate(s, bases) for s in builder.SOURCES]
-
-
-# Arrays of the last few splits read or preprocessed, so that load + as_numpy and repeated loads
-# in one process (the trainer calls load once per epoch) read the TFDS files and binarise the
-# evaluation sets once. Small: one dataset's entries are at most ~120 MB (dynamic MNIST).
-_CACHE: dict = {}
-_CACHE_SIZE = 8
-
-
-def _cached(key, compute: Callable[[], np.ndarray]) -> np.ndarray:
-    """compute(), remembered under `key` as a read-only array (oldest entries dropped first)."""
-    if key not in _CACHE:
-        array = compute()
-        array.setflags(write=False)
-        while len(_CACHE) >= _CACHE_SIZE:
-            _CACHE.pop(next(iter(_CACHE)))
-        _CACHE[key] = array
-    return _CACHE[key]
-
-
-def _read_split(builder, name: str, split: str) -> np.ndarray:
-    """The split as stored by the builder ([N, H, W, 1], uint8 or float32), in `index` order."""
-    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-
-    def read():
-        arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, shuffle_files=False))
-        images = arrays["image"][np.argsort(arrays["index"], kind="stable")]
-        expected = get_info(name).num_examples[split]
-        if len(images) != expected:
-            raise DataError(f"{builder.data_path} holds {len(images)} {split} images of {name}, "
-                            f"expected {expected}; delete that folder and prepare it again")
-        return images
-
-    return _cached((str(builder.data_path), split, "stored"), read)
 
 
 class _Store(NamedTuple):
@@ -504,8 +338,13 @@ def _store(name, data_dir, manual_dir, options):
             info = dataclasses.replace(info, pixels="binary")
         return _Store(name, info, stored, (name, options))
     info = get_info(name, options)
-    builder = _prepared_builder(name, data_dir, manual_dir)
-    return _Store(name, info, lambda split: _read_split(builder, name, split), (str(builder.data_path),))
+    builder = paper_data.prepared_builder(name, data_dir, manual_dir)
+
+    def stored(split):
+        return pipeline.cached((str(builder.data_path), split, "stored"),
+                               lambda: paper_data.read_split(builder, name, split))
+
+    return _Store(name, info, stored, (str(builder.data_path),))
 
 
 def _statically_binarized(image_set):
@@ -517,7 +356,6 @@ def _statically_binarized(image_set):
 
 def _splits(store, batch_size, eval_batch_size, seed, shuffle_train, drop_remainder, max_steps_per_epoch):
     """The `Splits` of a store (see `load`)."""
-    info = store.info
     batch_size = _positive_int("batch_size", batch_size)
     eval_batch_size = _positive_int("eval_batch_size", eval_batch_size or batch_size)
     seed = _seed(seed)
@@ -525,111 +363,18 @@ def _splits(store, batch_size, eval_batch_size, seed, shuffle_train, drop_remain
         from tfvamp import streaming  # pylint: disable=import-outside-toplevel
 
         return streaming.splits(store, batch_size, eval_batch_size, seed, drop_remainder, max_steps_per_epoch)
-    stored_train = store.stored("train")
-    if drop_remainder and batch_size > len(stored_train):
-        raise ValueError(f"batch_size={batch_size} is larger than the {len(stored_train)} training "
-                         f"images of {store.name}, so no full batch is left")
-    train = tf.data.Dataset.from_tensor_slices(stored_train)
-    if shuffle_train:
-        train = train.shuffle(len(stored_train), seed=seed, reshuffle_each_iteration=True)
-    train = train.batch(batch_size, drop_remainder=drop_remainder)
-    if info.dynamic_binarization:
-        # One stateless-noise seed per batch. rerandomize_each_iteration gives new seeds every
-        # epoch, still a deterministic sequence given `seed`.
-        noise = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True)
-        train = tf.data.Dataset.zip((train, noise)).map(
-            lambda x, s: _binarize(to_unit(info.pixels, x), s, seed), num_parallel_calls=2, deterministic=True)
-    else:
-        train = train.map(lambda x: to_unit(info.pixels, x), num_parallel_calls=2, deterministic=True)
-
-    def evaluation(split):
-        x = _preprocessed(store, split)
-        ds = tf.data.Dataset.from_tensor_slices(x).batch(eval_batch_size, drop_remainder=False)
-        return ds.prefetch(2).with_options(_OPTIONS)
-
-    def epochs(first_epoch):
-        return _epoch_stream(info, stored_train, batch_size, seed, first_epoch, max_steps_per_epoch)
-
-    return Splits(train.prefetch(2).with_options(_OPTIONS), evaluation("validation"), evaluation("test"), info,
-                  epochs)
-
-
-def to_unit(pixels: str, x: tf.Tensor) -> tf.Tensor:
-    """Stored images -> float32 in [0, 1] as the model sees them (grey for the binarised sets)."""
-    x = tf.cast(x, tf.float32)
-    if pixels == "grey_255":
-        return x / 255.0
-    if pixels == "bins":
-        return (x + 0.5) / 256.0
-    if pixels == "clip":
-        return tf.clip_by_value(x, 1.0 / 512.0, 1.0 - 1.0 / 512.0)
-    return x  # "binary" (0/1) and "unit" (grey in [0, 1]) as stored
-
-
-def _unit_numpy(pixels, x):
-    return to_unit(pixels, x).numpy()
-
-
-def _epoch_stream(info, stored, batch_size, seed, first_epoch, max_steps=0):
-    """Training batches of every epoch from `first_epoch` on (see `Splits.epochs`).
-
-    Epoch e is a permutation of the stored images drawn from (seed, e), cut into full batches
-    (at most `max_steps` of them); dynamically binarised sets draw each batch's pixels from
-    (seed, e, batch index).
-    """
-    images = tf.constant(stored)
-    count = len(stored)
-    steps = count // batch_size
-    steps = min(steps, int(max_steps)) if max_steps else steps
-
-    def epoch_batches(epoch):
-        key = tf.stack([tf.constant(seed, tf.int64), epoch])
-        order = tf.random.experimental.stateless_shuffle(tf.range(count), seed=key)
-        index = tf.reshape(order[: steps * batch_size], [steps, batch_size])
-        return tf.data.Dataset.from_tensor_slices((index, tf.range(steps, dtype=tf.int64))).map(
-            lambda i, step: _epoch_batch(info, tf.gather(images, i), key, step),
-            num_parallel_calls=2, deterministic=True)
-
-    stream = tf.data.Dataset.range(int(first_epoch), 2 ** 62).flat_map(epoch_batches)
-    return stream.prefetch(2).with_options(_OPTIONS)
-
-
-def _epoch_batch(info, stored_batch, key, step):
-    x = to_unit(info.pixels, stored_batch)
-    if not info.dynamic_binarization:
-        return x
-    seed = tf.random.experimental.stateless_fold_in(key, step)
-    return tf.cast(tf.random.stateless_uniform(tf.shape(x), seed=seed) < x, tf.float32)
-
-
-def _binarize(grey: tf.Tensor, noise_seed: tf.Tensor, seed: int) -> tf.Tensor:
-    """pixel ~ Bernoulli(grey) with stateless noise seeded by (per-batch seed, `seed`)."""
-    u = tf.random.stateless_uniform(
-        tf.shape(grey), seed=tf.stack([noise_seed, tf.constant(seed, tf.int64)]), dtype=tf.float32)
-    return tf.cast(u < grey, tf.float32)
+    train, validation, test, epochs = pipeline.batches(store, batch_size, eval_batch_size, seed, shuffle_train,
+                                                       drop_remainder, max_steps_per_epoch)
+    return Splits(train, validation, test, store.info, epochs)
 
 
 def _preprocessed(store, split: str) -> np.ndarray:
     """float32 [N, H, W, C] as `load` yields it (validation/test binarised for dynamic sets).
 
-    Read-only (cached) for validation/test.
+    Read-only (cached) for validation/test of images in memory.
     """
     if store.prepared is not None:
         from tfvamp import streaming  # pylint: disable=import-outside-toplevel
 
         return np.concatenate(list(streaming.evaluation(store, split, 4096).as_numpy_iterator()))
-    if split == "train":
-        return _unit_numpy(store.info.pixels, store.stored(split))
-    return _cached(store.key + (split, "preprocessed"), lambda: _evaluation_images(store, split))
-
-
-def _evaluation_images(store, split: str) -> np.ndarray:
-    x = _unit_numpy(store.info.pixels, store.stored(split))
-    if not store.info.dynamic_binarization:
-        return x
-    # The release: np.random.seed(777); x_val = binomial(1, x_val); x_test = binomial(1, x_test).
-    # The test draw follows the validation draw in the same stream, so replay both.
-    grey_val = x if split == "validation" else _unit_numpy(store.info.pixels, store.stored("validation"))
-    rs = np.random.RandomState(EVAL_BINARIZATION_SEED)
-    val = rs.binomial(1, grey_val).astype(np.float32)
-    return val if split == "validation" else rs.binomial(1, x).astype(np.float32)
+    return pipeline.preprocessed(store, split)
