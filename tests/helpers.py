@@ -35,7 +35,7 @@ def train_briefly(model, data, steps=150, batch=32, lr=3e-3):
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 SCRIPT = os.path.join(ROOT, "scripts", "train.py")
 
-Info = collections.namedtuple("Info", "name input_shape likelihood pseudo_inputs_mean pseudo_inputs_std "
+Info = collections.namedtuple("Info", "name image_shape likelihood pseudo_inputs_mean pseudo_inputs_std "
                                       "num_examples dynamic_binarization")
 Splits = collections.namedtuple("Splits", "train validation test info epochs", defaults=(None,))
 GRAY_INFO = Info("frey_faces", (28, 20, 1), "discretized_logistic", 0.5, 0.02,
@@ -54,7 +54,7 @@ def tiny_config(model_dir, info=GRAY_INFO, **overrides):
 
 def synthetic_splits(info=GRAY_INFO, seed=0):
     rng = np.random.default_rng(seed)
-    shape = tuple(info.input_shape)
+    shape = tuple(info.image_shape)
 
     def make(n, drop):
         x = rng.random((n,) + shape).astype(np.float32)

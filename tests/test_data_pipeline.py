@@ -46,7 +46,7 @@ def test_get_info_matches_spec():
     assert set(data.NAMES) == set(spec)
     for name, (shape, likelihood, mean, std, sizes, dynamic) in spec.items():
         info = data.get_info(name)
-        assert (info.name, info.input_shape, info.likelihood, info.dynamic_binarization) == \
+        assert (info.name, info.image_shape, info.likelihood, info.dynamic_binarization) == \
             (name, shape, likelihood, dynamic)
         assert (info.pseudo_inputs_mean, info.pseudo_inputs_std) == (mean, std)
         assert info.num_examples == dict(zip(SPLITS, sizes))
@@ -68,12 +68,12 @@ def test_load_batches_shapes_and_values(real_data_dir, name):
     n_train, n_val, n_test = (info.num_examples[s] for s in SPLITS)
     assert int(splits.train.cardinality()) == n_train // 100
     x = next(iter(splits.train)).numpy()
-    assert x.shape == (100,) + info.input_shape and x.dtype == np.float32
+    assert x.shape == (100,) + info.image_shape and x.dtype == np.float32
     val = np.concatenate(batches(splits.validation))
     test = np.concatenate(batches(splits.test))
     assert (len(val), len(test)) == (n_val, n_test)  # evaluation never drops examples
     for images in (x, val, test):
-        assert images.shape[1:] == info.input_shape
+        assert images.shape[1:] == info.image_shape
         if info.likelihood == "bernoulli":  # 0/1 as stored, or binarised
             assert set(np.unique(images)) <= {0.0, 1.0}
         elif name == "frey_faces":  # (k + 0.5) / 256 for integer k

@@ -34,7 +34,7 @@ devices = distribute.split_cpu(2)          # before TensorFlow initialises
 import tensorflow as tf
 from tfvamp import flags as tflags, training
 
-Info = collections.namedtuple("Info", "name input_shape likelihood pseudo_inputs_mean pseudo_inputs_std "
+Info = collections.namedtuple("Info", "name image_shape likelihood pseudo_inputs_mean pseudo_inputs_std "
                                       "num_examples dynamic_binarization")
 INFOS = {"gray": Info("frey_faces", (28, 20, 1), "discretized_logistic", 0.5, 0.02,
                       {"train": 100, "validation": 10, "test": 10}, False),
@@ -58,12 +58,12 @@ for model, data in (("vae", "binary"), ("hvae", "gray"), ("convhvae", "binary"),
     for t in (single, mirrored):
         t.beta.assign(0.3)
     rng = np.random.default_rng(1)
-    x = rng.random((8,) + info.input_shape).astype(np.float32)
+    x = rng.random((8,) + info.image_shape).astype(np.float32)
     grad_error = max(float(np.max(np.abs(a - b)) / (np.max(np.abs(a)) + 1e-30))
                      for a, b in zip(single.global_gradients(x), mirrored.global_gradients(x)))
     losses = []
     for step in range(2):
-        x = rng.random((8,) + info.input_shape).astype(np.float32)
+        x = rng.random((8,) + info.image_shape).astype(np.float32)
         if data == "binary":
             x = (x > 0.5).astype(np.float32)
         losses.append([single.train_step(x).numpy().tolist(), mirrored.train_step(x).numpy().tolist()])

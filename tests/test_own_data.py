@@ -209,12 +209,12 @@ def test_resize_crop_channels_and_binarize_as_asked(tmp_path):
     _write_pngs(tmp_path / "images", images, nested=False)
     options = data.SourceOptions(image_size="6x5", resize="crop", channels=1, binarize="dynamic")
     info = data.get_info(f"folder:{tmp_path / 'images'}", options)
-    assert info.input_shape == (6, 5, 1) and info.likelihood == "bernoulli" and info.dynamic_binarization
+    assert info.image_shape == (6, 5, 1) and info.likelihood == "bernoulli" and info.dynamic_binarization
     splits = data.load(f"folder:{tmp_path / 'images'}", 8, options=options)
     batch = next(iter(splits.train)).numpy()
     assert batch.shape == (8, 6, 5, 1) and set(np.unique(batch)) <= {0.0, 1.0}
     resized = data.get_info(f"folder:{tmp_path / 'images'}", data.SourceOptions(image_size="24x20"))
-    assert resized.input_shape == (24, 20, 3) and resized.likelihood == "discretized_logistic"
+    assert resized.image_shape == (24, 20, 3) and resized.likelihood == "discretized_logistic"
 
 
 def test_frey_faces_through_the_array_path_is_the_same_run(tmp_path, real_data_dir, shared_data):

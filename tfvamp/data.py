@@ -59,7 +59,7 @@ class DatasetInfo:
 
     Attributes:
       name: 'static_mnist', ..., or the source spec ('folder:images/', 'array:x.npz', ...).
-      input_shape: (H, W, C).
+      image_shape: (H, W, C).
       likelihood: 'bernoulli' (binary data) or 'discretized_logistic' (8-bit data).
       pseudo_inputs_mean, pseudo_inputs_std: N(mean, std) initialisation of VampPrior
         pseudo-inputs (docs/paper_details.md section 2; for your images, from their pixels).
@@ -75,7 +75,7 @@ class DatasetInfo:
     """
 
     name: str
-    input_shape: tuple[int, int, int]
+    image_shape: tuple[int, int, int]
     likelihood: str
     pseudo_inputs_mean: float
     pseudo_inputs_std: float
@@ -91,11 +91,11 @@ class DatasetInfo:
     @property
     def num_pixels(self) -> int:
         """D = H * W * C."""
-        return int(np.prod(self.input_shape))
+        return int(np.prod(self.image_shape))
 
 
 NAMES = tuple(PAPER_DATASETS)
-_INFOS = {name: DatasetInfo(name, f.input_shape, f.likelihood, f.pseudo_inputs_mean, f.pseudo_inputs_std,
+_INFOS = {name: DatasetInfo(name, f.image_shape, f.likelihood, f.pseudo_inputs_mean, f.pseudo_inputs_std,
                             dict(zip(SPLITS, f.sizes)), f.dynamic_binarization, f"tfvamp_{name}", f.pixels)
           for name, f in PAPER_DATASETS.items()}
 
@@ -275,7 +275,7 @@ class _StreamedRows:
 
     def __init__(self, store):
         self._store = store
-        self.shape = (store.info.num_examples["train"],) + tuple(store.info.input_shape)
+        self.shape = (store.info.num_examples["train"],) + tuple(store.info.image_shape)
 
     def __len__(self):
         return self.shape[0]

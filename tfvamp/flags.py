@@ -246,7 +246,7 @@ def _fill_dataset_defaults(config, info):
     """A new config with the image shape, likelihood, pseudo-input init and export dir from the
     dataset and run where they are not given."""
     model = config.model
-    filled = {"image_shape": tuple(int(d) for d in info.input_shape)}
+    filled = {"image_shape": tuple(int(d) for d in info.image_shape)}
     if model.likelihood is None:
         filled["likelihood"] = info.likelihood
     if model.pseudo_inputs_mean is None:

@@ -132,7 +132,7 @@ def load_data(config):
 def describe_data(config, info):
     """The data section of results.json: what was read and what was inferred from it."""
     model = config.model
-    return {"dataset": config.data.dataset, "input_shape": list(info.input_shape),
+    return {"dataset": config.data.dataset, "input_shape": list(info.image_shape),
             "num_examples": dict(info.num_examples), "carved_splits": list(getattr(info, "carved", ())),
             "carve_seed": image_sources.SPLIT_SEED if getattr(info, "carved", ()) else None,
             "pixels": getattr(info, "pixels", None), "likelihood": model.likelihood,

@@ -19,7 +19,7 @@ MANUAL_DIR_ENV = "TFVAMP_MANUAL_DIR"
 PIXELS = ("binary", "grey_255", "unit", "bins", "clip")
 
 Facts = collections.namedtuple(
-    "Facts", "input_shape likelihood pseudo_inputs_mean pseudo_inputs_std sizes dynamic_binarization pixels")
+    "Facts", "image_shape likelihood pseudo_inputs_mean pseudo_inputs_std sizes dynamic_binarization pixels")
 
 PAPER_DATASETS = {
     "static_mnist": Facts((28, 28, 1), "bernoulli", 0.05, 0.01, (50000, 10000, 10000), False, "binary"),
