@@ -57,12 +57,13 @@ ELBO_STREAM = 4
 
 
 def _elbo_terms(model):
-    """A compiled `(images, seed [2]) -> loss_terms(images, beta=1)` for `model` (cached per
-    model); the one-sample noise is a stateless draw from `seed`."""
+    """A compiled `(images, seed [2] or None) -> loss_terms(images, beta=1)` for `model` (cached
+    per model); with a seed, the one-sample noise is a stateless draw from it."""
     fn = _ELBO_FUNCTIONS.get(model)
     if fn is None:
-        def terms(x, seed):
-            return model.loss_terms(x, beta=1.0, training=False, noise_fn=noise.noise_fn(seed))
+        def terms(x, seed):  # seed None: TensorFlow's global generator
+            noise_fn = None if seed is None else noise.noise_fn(seed)
+            return model.loss_terms(x, beta=1.0, training=False, noise_fn=noise_fn)
 
         fn = tf.function(terms, reduce_retracing=True, autograph=False)
         _ELBO_FUNCTIONS[model] = fn
@@ -157,7 +158,7 @@ def evaluate(model, dataset, *, num_samples=5000, chunk_size=None, prior_dtype="
     for index, x in enumerate(_batches(dataset)):
         lls.append(model.log_likelihood(x, num_samples=num_samples, chunk_size=chunk_size, prior_dtype=prior_dtype,
                                         seed=None if seed is None else int(seed) + index).numpy())
-        terms = elbo_terms(x, noise.seed_pair(None if seed is None else int(seed) + index, ELBO_STREAM))
+        terms = elbo_terms(x, None if seed is None else noise.seed_pair(int(seed) + index, ELBO_STREAM))
         elbos.append(-terms["loss"].numpy())
         recons.append(terms["reconstruction"].numpy())
         kls.append(terms["kl"].numpy())
