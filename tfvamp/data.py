@@ -96,7 +96,8 @@ class DatasetInfo:
 
 NAMES = tuple(PAPER_DATASETS)
 _INFOS = {name: DatasetInfo(name, f.image_shape, f.likelihood, f.pseudo_inputs_mean, f.pseudo_inputs_std,
-                            dict(zip(SPLITS, f.sizes)), f.dynamic_binarization, f"tfvamp_{name}", f.pixels)
+                            dict(zip(SPLITS, f.sizes)), f.dynamic_binarization, paper_data.builder_name(name),
+                            f.pixels)
           for name, f in PAPER_DATASETS.items()}
 
 

@@ -14,7 +14,7 @@ from tfvamp.datasets.errors import DataError
 from tfvamp.datasets.facts import MANUAL_DIR_ENV, PAPER_DATASETS, SPLITS
 
 __all__ = ["available", "missing_files", "prepare", "original_files", "prepared_builder", "read_split",
-           "unknown_dataset"]
+           "unknown_dataset", "builder_name"]
 
 
 def unknown_dataset(name: str) -> ValueError:
@@ -60,7 +60,7 @@ def prepare(names: Sequence[str] | None = None, *, data_dir=None, manual_dir=Non
     explicit = names is not None
     names = [names] if isinstance(names, str) else list(PAPER_DATASETS if names is None else names)
     for n in names:
-        _builder_name(n)
+        builder_name(n)
     todo = []
     for n in names:
         missing = missing_files(n, data_dir=data_dir, manual_dir=manual_dir)
@@ -120,7 +120,8 @@ def read_split(builder, name: str, split: str) -> np.ndarray:
     return images
 
 
-def _builder_name(name: str) -> str:
+def builder_name(name: str) -> str:
+    """The TFDS builder of paper dataset `name` ('tfvamp_<name>'); ValueError for another name."""
     if name not in PAPER_DATASETS:
         raise unknown_dataset(name)
     return f"tfvamp_{name}"
@@ -130,7 +131,7 @@ def _builder(name: str, data_dir):
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
     import tfvamp.datasets  # noqa: F401  pylint: disable=import-outside-toplevel  (registers)
-    return tfds.builder(_builder_name(name), data_dir=data_dir)
+    return tfds.builder(builder_name(name), data_dir=data_dir)
 
 
 def _prepare(builder, manual_dir, overwrite: bool = False) -> None:
