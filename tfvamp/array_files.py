@@ -105,18 +105,26 @@ def read_array_file(path):
     """(notes, images) of the .npy or .npz file `path`, its directory and headers checked first:
     `images` is a generator of (split, checked images, what), each array read when it is reached
     (close it when done). An .npy is `train`; an .npz as `open_npz` says."""
+    if array_kind(path) == "npy":
+        return (), _npy_images(path)
+    archive, members, notes = open_npz(path)
+    return notes, _npz_images(archive, members)
+
+
+def array_kind(path):
+    """'npy' or 'npz', from the file's first bytes (not its name, and not `zipfile.is_zipfile`, which
+    calls a truncated .npz "not a zip"); a DataError for a missing file or any other content."""
     if not os.path.isfile(path):
         raise DataError(f"array file {path!r} does not exist. Fix: give --dataset=array:PATH with a .npy or .npz file.")
     with open(path, "rb") as f:
         start = f.read(6)
     if start == b"\x93NUMPY":
-        return (), _npy_images(path)
-    if not start.startswith(b"PK"):
-        raise DataError(f"{path} cannot be read as a .npy/.npz file (it starts with {start!r}, neither numpy's "
-                        "header nor a zip archive). Fix: save the images with numpy.save or numpy.savez (no object "
-                        "arrays).")
-    archive, members, notes = open_npz(path)
-    return notes, _npz_images(archive, members)
+        return "npy"
+    if start.startswith(b"PK"):
+        return "npz"
+    raise DataError(f"{path} cannot be read as a .npy/.npz file (it starts with {start!r}, neither numpy's "
+                    "header nor a zip archive). Fix: save the images with numpy.save or numpy.savez (no object "
+                    "arrays).")
 
 
 def _npy_images(path):

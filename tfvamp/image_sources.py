@@ -184,12 +184,16 @@ def decode_image(file, options=SourceOptions()):
     except DataError:
         raise
     except Image.DecompressionBombError as e:
-        raise DataError(f"{file} is refused unread: {e} Its header declares more than {MAX_SOURCE_PIXELS:,} pixels "
-                        "(a decompression bomb, or a picture far too large to train on). Fix: shrink it (e.g. to "
+        raise DataError(f"{file} is refused unread: its header declares more than {MAX_SOURCE_PIXELS:,} pixels "
+                        f"(Pillow: {str(e).rstrip('.')}; a decompression bomb, or a picture far too large to train on). Fix: shrink "
+                        "it (e.g. to "
                         "4096x4096 or less), remove it, or pass --skip_unreadable to leave such files out.") from None
     except MemoryError:
         raise DataError(f"{file} is too large to decode in this machine's memory. Fix: shrink it, remove it, or pass "
                         "--skip_unreadable to leave such files out.") from None
+    except Image.UnidentifiedImageError:
+        raise DataError(f"{file} cannot be read as an image: its content is no picture format Pillow knows. Fix: "
+                        "remove it, or pass --skip_unreadable to leave such files out.") from None
     except Exception as e:  # Pillow raises many kinds (OSError, SyntaxError, ValueError, struct.error, ...)
         raise DataError(f"{file} cannot be read as an image ({type(e).__name__}: {e}); it may be truncated or not "
                         "an image. Fix: remove it, or pass --skip_unreadable to leave such files out.") from None

@@ -39,7 +39,7 @@ import uuid
 
 import numpy as np
 
-from tfvamp import image_sources
+from tfvamp import array_files, image_sources
 from tfvamp.datasets.errors import DataError
 from tfvamp.datasets.facts import SPLITS
 
@@ -438,11 +438,7 @@ def array_members(path):
     `load()` gives the array (an .npy memory-mapped, an .npz member read whole). Every header is
     checked against the bytes the file holds before anything is allocated
     (`image_sources.check_array_header`)."""
-    import zipfile  # pylint: disable=import-outside-toplevel
-
-    if not os.path.isfile(path):
-        raise DataError(f"array file {path!r} does not exist. Fix: give --dataset=array:PATH with a .npy or .npz file.")
-    if not zipfile.is_zipfile(path):
+    if array_files.array_kind(path) == "npy":
         with open(path, "rb") as f:
             shape, dtype = image_sources.read_array_header(f, path)
             image_sources.check_array_header(shape, dtype, os.fstat(f.fileno()).st_size - f.tell(), path)
