@@ -80,17 +80,20 @@ def test_prepared_splits_are_those_of_reading_the_source_whole(tmp_path, kind):
     assert abs(mean - train.mean()) < 1e-9 and abs(std - train.std()) < 1e-9
 
 
-def test_prepared_once_then_found_without_decoding(tmp_path, monkeypatch):
+def test_prepared_once_then_found_without_decoding(tmp_path, monkeypatch, capfd):
     _folder(tmp_path / "images")
     spec, options = f"folder:{tmp_path / 'images'}", _options(tmp_path)
-    first = prepared.prepare(spec, options, progress=False)
+    first = prepared.prepare(spec, options)
+    err = capfd.readouterr().err  # not a terminal: two plain lines instead of the bars
+    assert f"Preparing {spec} once into {first.path}" in err and "Prepared 60 images in " in err
 
     def fail(*_):
         raise AssertionError("decoded again")
 
     monkeypatch.setattr(image_sources, "decode_image", fail)
-    again = prepared.prepare(spec, options, progress=False)
+    again = prepared.prepare(spec, options)
     assert again.path == first.path and again.meta == first.meta
+    assert capfd.readouterr().err == ""  # found: nothing to say
 
 
 def test_a_changed_folder_is_prepared_again(tmp_path):

@@ -35,6 +35,7 @@ import json
 import os
 import shutil
 import sys
+import time
 import uuid
 
 import numpy as np
@@ -177,6 +178,10 @@ def prepare(spec, options, progress=True):
 def _prepare_into(spec, options, root, final, progress):
     _remove_leftovers(root)
     tmp = f"{final}.incomplete-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    if progress and not sys.stderr.isatty():  # a log gets two lines where a terminal gets the bars
+        print(f"Preparing {spec} once into {final} (later runs read it from there) ...", file=sys.stderr,
+              flush=True)
+    start = time.monotonic()
     try:
         os.makedirs(tmp)
         meta = _Preparation(spec, options, tmp, progress).run()
@@ -185,6 +190,9 @@ def _prepare_into(spec, options, root, final, progress):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if progress and not sys.stderr.isatty():
+        count = sum(split["count"] for split in meta["splits"].values())
+        print(f"Prepared {count:,} images in {time.monotonic() - start:.1f} s.", file=sys.stderr, flush=True)
     return Prepared(final, meta)
 
 
