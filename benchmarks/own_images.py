@@ -2,7 +2,7 @@
 """Own images at scale (issue 26, item 4): preparation time, time to the first training step,
 peak memory and input-pipeline speed for folders of N 64x64 colour JPEGs.
 
-    python benchmarks/own_images.py --sizes 10000,50000,200000 --root /root/scratch/bench_images \
+    python benchmarks/own_images.py --sizes 10000,50000,200000 --root ../bench_images \
         --output_json own_images.json
 
 Images: random 64x64 crops of the colour photographs that ship inside scikit-image (its data
@@ -346,7 +346,7 @@ def main():
         return child_pipeline(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10000,50000,200000", help="comma-separated image counts")
-    parser.add_argument("--root", default="/root/scratch/bench_images", help="where the image folders are made")
+    parser.add_argument("--root", default="bench_images", help="where the image folders are made (outside the repository)")
     parser.add_argument("--work", default=None, help="data_dir / model_dir / logs (default: <root>/../bench_runs)")
     parser.add_argument("--output_json", default=None)
     parser.add_argument("--warmup", type=int, default=30, help="pipeline batches before timing")
