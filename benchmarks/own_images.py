@@ -346,7 +346,7 @@ def main():
         return child_pipeline(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10000,50000,200000", help="comma-separated image counts")
-    parser.add_argument("--root", default="bench_images", help="where the image folders are made (outside the repository)")
+    parser.add_argument("--root", default="../bench_images", help="where the image folders are made (keep them out of the repository)")
     parser.add_argument("--work", default=None, help="data_dir / model_dir / logs (default: <root>/../bench_runs)")
     parser.add_argument("--output_json", default=None)
     parser.add_argument("--warmup", type=int, default=30, help="pipeline batches before timing")
