@@ -16,6 +16,14 @@ import pytest  # noqa: E402
 
 # Tests never touch the network: a missing data file fails at once instead of being downloaded.
 os.environ.setdefault("TFVAMP_OFFLINE", "1")
+# Nor the user's TFDS folder: what a test prepares without naming a data_dir (own images under
+# tfvamp_sources/, TFDS datasets) goes to a folder of this session, removed at exit.
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+os.environ["TFDS_DATA_DIR"] = tempfile.mkdtemp(prefix="tfvamp_tests_tfds_")
+atexit.register(shutil.rmtree, os.environ["TFDS_DATA_DIR"], True)
 
 
 @pytest.fixture(scope="session")

@@ -182,8 +182,10 @@ def test_a_bad_npz_is_a_one_line_error_from_the_script(tmp_path):
                              f"--model_dir={tmp_path / 'run'}"], cwd=ROOT, env=script_env(), capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 1, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr[-2000:]
-    assert str(tmp_path / "objects.npz") in result.stderr and FIX in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr and lines[0].startswith("Preparing array:"), result.stderr[-2000:]
+    assert len(lines) == 2 and lines[1].startswith("error: "), result.stderr[-2000:]  # the one message
+    assert str(tmp_path / "objects.npz") in lines[1] and FIX in lines[1]
     assert not (tmp_path / "run").exists()
 
 
