@@ -185,9 +185,9 @@ def decode_image(file, options=SourceOptions()):
         raise
     except Image.DecompressionBombError as e:
         raise DataError(f"{file} is refused unread: its header declares more than {MAX_SOURCE_PIXELS:,} pixels "
-                        f"(Pillow: {str(e).rstrip('.')}; a decompression bomb, or a picture far too large to train on). Fix: shrink "
-                        "it (e.g. to "
-                        "4096x4096 or less), remove it, or pass --skip_unreadable to leave such files out.") from None
+                        f"(Pillow: {str(e).rstrip('.')}; a decompression bomb, or a picture far too large to "
+                        "train on). Fix: shrink it (e.g. to 4096x4096 or less), remove it, or pass "
+                        "--skip_unreadable to leave such files out.") from None
     except MemoryError:
         raise DataError(f"{file} is too large to decode in this machine's memory. Fix: shrink it, remove it, or pass "
                         "--skip_unreadable to leave such files out.") from None

@@ -178,7 +178,8 @@ def prepare(spec, options, progress=True):
 def _prepare_into(spec, options, root, final, progress):
     _remove_leftovers(root)
     tmp = f"{final}.incomplete-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    if progress and not sys.stderr.isatty():  # a log gets two lines where a terminal gets the bars
+    to_log = progress and not sys.stderr.isatty()  # a log gets two lines where a terminal gets the bars
+    if to_log:
         print(f"Preparing {spec} once into {final} (later runs read it from there) ...", file=sys.stderr,
               flush=True)
     start = time.monotonic()
@@ -190,10 +191,11 @@ def _prepare_into(spec, options, root, final, progress):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if progress and not sys.stderr.isatty():
-        count = sum(split["count"] for split in meta["splits"].values())
+    result = Prepared(final, meta)
+    if to_log:
+        count = sum(result.count(split) for split in meta["splits"])
         print(f"Prepared {count:,} images in {time.monotonic() - start:.1f} s.", file=sys.stderr, flush=True)
-    return Prepared(final, meta)
+    return result
 
 
 def _write_error(spec, root, e):
@@ -445,17 +447,17 @@ def array_members(path):
     """({split: (load, what)}, notes) of an .npy or .npz file, nothing read yet but the headers:
     `load()` gives the array (an .npy memory-mapped, an .npz member read whole). Every header is
     checked against the bytes the file holds before anything is allocated
-    (`image_sources.check_array_header`)."""
+    (`array_files.check_array_header`), as the whole-source reader does."""
     if array_files.array_kind(path) == "npy":
         with open(path, "rb") as f:
-            shape, dtype = image_sources.read_array_header(f, path)
-            image_sources.check_array_header(shape, dtype, os.fstat(f.fileno()).st_size - f.tell(), path)
+            shape, dtype = array_files.read_array_header(f, path)
+            array_files.check_array_header(shape, dtype, os.fstat(f.fileno()).st_size - f.tell(), path)
         return {"train": (lambda: np.load(path, mmap_mode="r", allow_pickle=False), path)}, ()
-    archive, members, notes = image_sources.open_npz(path)
+    archive, members, notes = array_files.open_npz(path)
 
     def loader(info, what):
-        # Header checked, then read whole: image_sources' reader refuses forged headers and corrupt data.
-        return lambda: image_sources.load_npz_member(archive, info, what)
+        # Header checked, then read whole: the reader refuses forged headers and corrupt data.
+        return lambda: array_files.load_npz_member(archive, info, what)
 
     return {split: (loader(info, what), what) for split, (info, what) in members.items()}, notes
 
@@ -463,7 +465,7 @@ def array_members(path):
 def to_uint8(chunk, what, options):
     """Checked images `[n, H, W(, C)]` (uint8, bool, or float in [0, 1]) -> uint8 `[n, H', W', C']`:
     float k / 255 rounded to k, then --image_size and --channels as for files."""
-    chunk = image_sources.check_array(chunk, what)
+    chunk = array_files.check_array(chunk, what)
     if options.image_size:
         chunk = image_sources.resize_array(chunk, what, options)
     elif chunk.dtype.kind == "f":
