@@ -122,6 +122,10 @@ def _pictures(model, images, export_dir, seed):
                           pictures.image_grid(u[:100], 10, scale=scale))
 
 
+# The model families as the paper writes them.
+PAPER_NAMES = {"vae": "VAE", "hvae": "HVAE", "convhvae": "convHVAE", "pixelhvae": "PixelHVAE"}
+
+
 def describe(number):
     if "bits_per_dim" in number:
         return f"{number['bits_per_dim']:.4f} ± {number['bits_per_dim_sem']:.4f} bits/dim"
@@ -142,7 +146,7 @@ def card_markdown(card):
                     f"{run_test.get('active_units')}; components in use {run_test.get('components_in_use')}.\n")
     return f"""# {card['name']}
 
-{card['model'].upper() if card['model'] in ('vae', 'hvae') else card['model']} with the {card['prior']} prior on \
+{PAPER_NAMES.get(card['model'], card['model'])} with the {card['prior']} prior on \
 {card['dataset']} ({'x'.join(map(str, card['input_shape']))}, {card['likelihood']} likelihood), \
 trained at the paper's budget by tfvamp. A SavedModel with the signatures of `scripts/export.py`
 (`sample`, `reconstruct`, `encode`, `log_likelihood`, `pseudo_inputs`), served by TensorFlow
