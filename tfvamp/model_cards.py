@@ -7,8 +7,8 @@ writes the SavedModel (as `scripts/export.py` does), `card.json` (the numbers), 
 (the model card: data and checksums, model and config, budget, the test log-likelihood with
 its standard error and how it was measured, the tfvamp commit, the command that re-trains it),
 `samples.png` (prior samples: a component drawn by the mixture weights, then its latent) and
-`pseudo_inputs.png` (every pseudo-input, the most used first). tests/test_pretrained.py
-recomputes the card's number from the shipped files in a fresh process.
+`pseudo_inputs.png` (the 100 most used pseudo-inputs, by the test images' posterior means).
+tests/test_pretrained.py recomputes the card's number from the shipped files in a fresh process.
 """
 import datetime
 import os
@@ -22,6 +22,9 @@ from tfvamp import export
 from tfvamp import pictures
 from tfvamp import pretrained
 from tfvamp import priors
+
+# The model families as the paper writes them, for the card's first line.
+_PAPER_NAMES = {"vae": "VAE", "hvae": "HVAE", "convhvae": "convHVAE", "pixelhvae": "PixelHVAE"}
 
 
 def git_commit(path=pretrained.PACKAGE_ROOT):
@@ -122,10 +125,6 @@ def _pictures(model, images, export_dir, seed):
                           pictures.image_grid(u[:100], 10, scale=scale))
 
 
-# The model families as the paper writes them.
-PAPER_NAMES = {"vae": "VAE", "hvae": "HVAE", "convhvae": "convHVAE", "pixelhvae": "PixelHVAE"}
-
-
 def describe(number):
     if "bits_per_dim" in number:
         return f"{number['bits_per_dim']:.4f} ± {number['bits_per_dim_sem']:.4f} bits/dim"
@@ -146,7 +145,7 @@ def card_markdown(card):
                     f"{run_test.get('active_units')}; components in use {run_test.get('components_in_use')}.\n")
     return f"""# {card['name']}
 
-{PAPER_NAMES.get(card['model'], card['model'])} with the {card['prior']} prior on \
+{_PAPER_NAMES.get(card['model'], card['model'])} with the {card['prior']} prior on \
 {card['dataset']} ({'x'.join(map(str, card['input_shape']))}, {card['likelihood']} likelihood), \
 trained at the paper's budget by tfvamp. A SavedModel with the signatures of `scripts/export.py`
 (`sample`, `reconstruct`, `encode`, `log_likelihood`, `pseudo_inputs`), served by TensorFlow
